@@ -1,0 +1,341 @@
+"""The NEPA vision transformer, top to bottom.
+
+A plain ViT over raster-ordered patches with a CLS token used as begin-of-sequence:
+
+    z      = [cls; PatchEmbed(x)]                      input embeddings, (B, 1+N, D)
+    h      = Blocks(z)  with 2D RoPE, QK-Norm, LayerScale, SwiGLU/GeLU, causal or not
+    z_hat  = LayerNorm(h)                              predictions
+    loss   = -mean cos(z_hat[:, t], stopgrad(z[:, t+1]))   (nepa/objectives.py)
+
+The math follows the official implementation (SihanXU/nepa, the `transformers` ViTNepa port) so that
+released checkpoints load and reproduce its outputs (tests/test_official_parity.py); the knobs where
+the paper and the code disagree are fields of `NepaConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ACTIVATIONS: dict[str, type[nn.Module] | tuple[type[nn.Module], dict]] = {
+    "gelu": nn.GELU,
+    "gelu_tanh": (nn.GELU, {"approximate": "tanh"}),
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+}
+
+
+@dataclass
+class NepaConfig:
+    img_size: int = 224
+    patch_size: int = 14
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_hidden_dim: int = 3072
+    mlp_gated: bool = False  # True: act(gate(x)) * up(x) (SwiGLU with act="silu"); False: act(fc1(x))
+    mlp_act: Literal["gelu", "gelu_tanh", "silu", "relu"] = "gelu"
+    qkv_bias: bool = True
+    qk_norm: bool = True
+    qk_norm_affine: bool = False
+    qk_norm_bias: bool = False
+    layerscale_init: float | None = 1e-5  # None: no LayerScale (Table 1b "plain ViT")
+    rope: bool = True
+    rope_theta: float = 100.0
+    # Training-time RoPE coordinate augmentation (official code; not in the paper). None = off.
+    rope_shift: float | None = None
+    rope_jitter: float | None = None
+    rope_rescale: float | None = 2.0
+    norm_eps: float = 1e-12
+    causal: bool = True
+    mask_token: bool = False  # a learned token for input-embedding masking (Table 1c)
+    drop_path: float = 0.0
+    proj_drop: float = 0.0
+    attn_drop: float = 0.0
+    num_classes: int = 0
+    pooling: Literal["mean", "last"] = "mean"  # mean: mean(patches) -> LayerNorm -> Linear
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def __post_init__(self) -> None:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if self.rope and self.head_dim % 4:
+            raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {self.head_dim}")
+
+
+def make_activation(name: str) -> nn.Module:
+    entry = ACTIVATIONS[name]
+    cls, kwargs = entry if isinstance(entry, tuple) else (entry, {})
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2D axial RoPE (DINOv3 style): patch-centre coordinates in [-1, 1], head_dim/4 frequencies per
+# axis, (y, x) angles concatenated, applied rotate-half style to patch tokens only (not the CLS).
+
+
+@lru_cache(maxsize=32)
+def patch_center_coords(grid_h: int, grid_w: int, device: torch.device) -> Tensor:
+    """(grid_h * grid_w, 2) patch-centre (y, x) coordinates in [-1, 1], raster order. Cached per shape."""
+    ys = (torch.arange(grid_h, dtype=torch.float32, device=device) + 0.5) / grid_h
+    xs = (torch.arange(grid_w, dtype=torch.float32, device=device) + 0.5) / grid_w
+    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1)
+    return 2.0 * coords - 1.0
+
+
+def augment_coords(coords: Tensor, shift: float | None, jitter: float | None, rescale: float | None) -> Tensor:
+    """Random coordinate augmentation, one draw per forward pass, as the official training code."""
+    if shift is not None:
+        coords = coords + torch.empty(1, 2, device=coords.device).uniform_(-shift, shift)
+    if jitter is not None:
+        coords = coords * torch.empty(1, 2, device=coords.device).uniform_(-math.log(jitter), math.log(jitter)).exp()
+    if rescale is not None:
+        coords = coords * torch.empty(1, device=coords.device).uniform_(-math.log(rescale), math.log(rescale)).exp()
+    return coords
+
+
+class Rope2D(nn.Module):
+    inv_freq: Tensor
+
+    def __init__(self, cfg: NepaConfig):
+        super().__init__()
+        self.cfg = cfg
+        inv_freq = 1.0 / cfg.rope_theta ** torch.arange(0, 1, 4 / cfg.head_dim, dtype=torch.float32)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, grid_h: int, grid_w: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        coords = patch_center_coords(grid_h, grid_w, self.inv_freq.device)
+        if self.training:
+            coords = augment_coords(coords, self.cfg.rope_shift, self.cfg.rope_jitter, self.cfg.rope_rescale)
+        angles = 2 * math.pi * coords[:, :, None] * self.inv_freq  # (N, 2, head_dim/4)
+        angles = angles.flatten(1).tile(2)  # (N, head_dim): [y freqs, x freqs] twice, for rotate-half
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the last N tokens of x (B, H, T, head_dim); the T - N prefix tokens (CLS) stay as they are."""
+    num_prefix = x.shape[-2] - cos.shape[0]
+    prefix, patches = x.split((num_prefix, cos.shape[0]), dim=-2)
+    return torch.cat((prefix, patches * cos + rotate_half(patches) * sin), dim=-2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The transformer block
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: NepaConfig):
+        super().__init__()
+        self.num_heads, self.attn_drop = cfg.num_heads, cfg.attn_drop
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim, bias=cfg.qkv_bias)
+        if cfg.qk_norm:
+            norm_args = dict(eps=cfg.norm_eps, elementwise_affine=cfg.qk_norm_affine, bias=cfg.qk_norm_bias)
+            self.q_norm: nn.Module = nn.LayerNorm(cfg.head_dim, **norm_args)
+            self.k_norm: nn.Module = nn.LayerNorm(cfg.head_dim, **norm_args)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
+        self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.proj_drop = nn.Dropout(cfg.proj_drop)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, causal: bool) -> Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        x = F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, dropout_p=self.attn_drop if self.training else 0.0
+        )
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, T, D)))
+
+
+class Mlp(nn.Module):
+    def __init__(self, cfg: NepaConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.mlp_hidden_dim)
+        self.gate = nn.Linear(cfg.embed_dim, cfg.mlp_hidden_dim) if cfg.mlp_gated else None
+        self.act = make_activation(cfg.mlp_act)
+        self.fc2 = nn.Linear(cfg.mlp_hidden_dim, cfg.embed_dim)
+        self.drop = nn.Dropout(cfg.proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.gate(x)) * self.fc1(x) if self.gate is not None else self.act(self.fc1(x))
+        return self.drop(self.fc2(h))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty(x.shape[0], *(1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: NepaConfig, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(cfg)
+        ls = cfg.layerscale_init
+        self.ls1: nn.Module = LayerScale(cfg.embed_dim, ls) if ls else nn.Identity()
+        self.ls2: nn.Module = LayerScale(cfg.embed_dim, ls) if ls else nn.Identity()
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, causal: bool) -> Tensor:
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, causal)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+class PretrainOutput(NamedTuple):
+    pred: Tensor  # (B, 1+N, D) final-LayerNorm outputs: position t predicts z[t+1]
+    target: Tensor  # (B, 1+N, D) input embeddings z, detached unless asked otherwise
+
+
+class NepaViT(nn.Module):
+    def __init__(self, cfg: NepaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.num_features = self.embed_dim = cfg.embed_dim
+        self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.mask_token else None
+        self.embed_drop = nn.Dropout(cfg.proj_drop)
+        self.rope = Rope2D(cfg) if cfg.rope else None
+        dpr = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList(Block(cfg, p) for p in dpr)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        # Classification head parts exist only with classes, so pretraining has no unused parameters.
+        self.fc_norm: nn.Module = nn.Identity()
+        self.head: nn.Module = nn.Identity()
+        self.reset_classifier(cfg.num_classes, zero_init=False)
+        self.apply(self._init_weights)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # -- trunk ---------------------------------------------------------------------------------
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Input embeddings z = [cls; patches], (B, 1+N, D): the loss targets."""
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)
+        return torch.cat((self.cls_token.expand(x.shape[0], -1, -1), patches), dim=1)
+
+    def encode(
+        self,
+        x: Tensor,
+        patch_mask: Tensor | None = None,
+        causal: bool | None = None,
+        taps: tuple[int, ...] = (),
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Returns (z, final-LayerNorm output, [block outputs of `taps`]).
+
+        patch_mask (B, N) bool replaces those patch embeddings by the mask token on the input side only;
+        z stays clean (the targets). Sides of x must be multiples of the patch size.
+        """
+        p = self.cfg.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of the patch size {p}")
+        z = self.embed(x)
+        h = z
+        if patch_mask is not None:
+            if self.mask_token is None:
+                raise ValueError("patch_mask needs a model built with mask_token=True")
+            m = F.pad(patch_mask, (1, 0)).unsqueeze(-1).to(h.dtype)  # never mask the CLS
+            h = h * (1 - m) + self.mask_token.to(h.dtype) * m
+        h = self.embed_drop(h)
+        rope = self.rope(x.shape[-2] // p, x.shape[-1] // p, h.dtype) if self.rope is not None else None
+        causal = self.cfg.causal if causal is None else causal
+        tapped = []
+        for i, block in enumerate(self.blocks):
+            h = block(h, rope, causal)
+            if i in taps:
+                tapped.append(h)
+        return z, self.norm(h), tapped
+
+    # -- heads ---------------------------------------------------------------------------------
+
+    def forward_pretrain(
+        self, x: Tensor, patch_mask: Tensor | None = None, causal: bool | None = None, detach_target: bool = True
+    ) -> PretrainOutput:
+        z, pred, _ = self.encode(x, patch_mask=patch_mask, causal=causal)
+        return PretrainOutput(pred, z.detach() if detach_target else z)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.encode(x)[1]
+
+    def forward_head(self, h: Tensor, pre_logits: bool = False) -> Tensor:
+        pooled = self.fc_norm(h[:, 1:].mean(dim=1)) if self.cfg.pooling == "mean" else h[:, -1]
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_dense(self, x: Tensor, taps: tuple[int, ...]) -> list[Tensor]:
+        """Patch-token feature maps (B, D, H/p, W/p) of the blocks in `taps` (0-based), for dense heads."""
+        _, _, tapped = self.encode(x, taps=taps)
+        gh, gw = x.shape[-2] // self.cfg.patch_size, x.shape[-1] // self.cfg.patch_size
+        return [t[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw) for t in tapped]
+
+    # -- timm conventions ----------------------------------------------------------------------
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, zero_init: bool = True) -> None:
+        """A new head; zero-initialised as in the paper's fine-tuning unless zero_init=False."""
+        self.num_classes = self.cfg.num_classes = num_classes
+        if not num_classes:
+            return
+        if self.cfg.pooling == "mean" and isinstance(self.fc_norm, nn.Identity):
+            self.fc_norm = nn.LayerNorm(self.embed_dim, eps=self.cfg.norm_eps)
+        self.head = nn.Linear(self.embed_dim, num_classes)
+        init = nn.init.zeros_ if zero_init else (lambda w: nn.init.trunc_normal_(w, std=0.02))
+        init(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW must not decay beyond biases and norms (found by shape elsewhere)."""
+        return {"cls_token", "mask_token"}

@@ -1,0 +1,53 @@
+"""Model files: safetensors with the model's config in the header, so a file describes itself.
+
+Loading never unpickles: safetensors holds tensors and strings only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from nepa.errors import UserError, require_file
+from nepa.models.nepa_vit import NepaConfig
+
+CONFIG_KEY = "nepa_config"
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_model_file(
+    state_dict: dict[str, torch.Tensor], cfg: NepaConfig, path: str | Path, **metadata: str
+) -> Path:
+    path = Path(path)
+    atomic_save_safetensors(state_dict, path, {CONFIG_KEY: json.dumps(dataclasses.asdict(cfg)), **metadata})
+    return path
+
+
+def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
+    """(state dict, config fields, all header metadata) of a nepa model file."""
+    path = require_file(path, "model file", "pass the .safetensors written by `nepa export` or `nepa import-official`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable safetensors file ({e}); re-export it with `nepa export`") from None
+    if CONFIG_KEY not in metadata:
+        raise UserError(f"{path}: no nepa config in the file header; convert official checkpoints with `nepa import-official`")
+    return tensors, json.loads(metadata[CONFIG_KEY]), metadata

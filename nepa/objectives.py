@@ -10,25 +10,23 @@ mask token; targets stay clean).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from nepa.models import NepaViT
 
 
-@dataclass(frozen=True)
-class Objective:
+class Objective(BaseModel):
+    """The objective's switches; also the `objective:` section of params.yaml."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
     shift: bool = True
     causal: bool = True
     stop_grad: bool = True
-    mask_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+    mask_ratio: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 def next_embedding_loss(pred: Tensor, target: Tensor, shift: bool = True) -> Tensor:

@@ -51,3 +51,19 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if CONFIG_KEY not in metadata:
         raise UserError(f"{path}: no nepa config in the file header; convert official checkpoints with `nepa import-official`")
     return tensors, json.loads(metadata[CONFIG_KEY]), metadata
+
+
+def write_model_dir(folder: str | Path, state: dict[str, torch.Tensor], cfg: NepaConfig, **card: str) -> Path:
+    """A model folder: model.safetensors (config in its header), config.json, and a short model card.
+
+    `card` entries (source, weights, step, data, params hash...) go into the card and the file header.
+    """
+    folder = Path(folder)
+    config = dataclasses.asdict(cfg)
+    save_model_file(state, cfg, folder / "model.safetensors", **card)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    lines = [f"# NEPA model ({cfg.embed_dim} wide, {cfg.depth} blocks, patch {cfg.patch_size})", ""]
+    lines += [f"- {key}: {value}" for key, value in card.items()]
+    lines += ["", "Load with `import nepa.models; timm.create_model(NAME, pretrained='model.safetensors')`.", ""]
+    (folder / "README.md").write_text("\n".join(lines))
+    return folder

@@ -1,0 +1,301 @@
+"""params.yaml, typed and validated: the one source every stage, Snakemake rule and DVC stage reads.
+
+Resolution, later wins:
+  1. the defaults below: the embedded default (Fashion-MNIST, tiny model, CPU, minutes);
+  2. at `scale: full`, the full-scale recipe of `recipe` (paper | official) for the model size (nepa/presets.py);
+  3. the model knobs of `recipe` where paper and official code disagree (PAPER.md "Decisions");
+  4. what params.yaml says;
+  5. the ablation `variant` (nepa/presets.py ABLATIONS), which defines the experiment;
+  6. `--set section.key=value` on the command line.
+An unknown key or a wrong type is one line naming the key and the file (exit 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from nepa.errors import UserError
+from nepa.objectives import Objective
+
+Size = Literal["tiny", "small", "base", "large"]
+TIMM_NAMES: dict[str, str] = {
+    "tiny": "nepa_tiny_patch4_32",
+    "small": "nepa_small_patch14_224",
+    "base": "nepa_base_patch14_224",
+    "large": "nepa_large_patch14_224",
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(Section):
+    root: str = "data"  # prepared shards and the embedded raw layouts live below this folder
+    imagenet_src: str | None = None  # full scale: the ImageNet-1K folder holding train/ and val/
+    ade20k_src: str | None = None  # full scale: the ADEChallengeData2016 folder
+    fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+    embedded_image_size: int = 32  # Fashion-MNIST 28x28 padded into an ImageNet-style RGB image
+    embedded_scene_size: int = 64  # ADE20K-style canvas holding 2-4 Fashion-MNIST items
+    embedded_scenes: tuple[int, int] = (2000, 500)  # (training, validation) scenes
+    images_per_shard: int = 5000
+    reencode_max_side: int | None = None  # re-encode images whose long side is larger (off by default)
+    skip_bad: bool = False  # record unreadable files in the manifest instead of stopping
+    workers: int = 0  # 0: every core
+
+
+class ModelParams(Section):
+    size: Size = "tiny"
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    qk_norm: bool = True
+    qk_norm_affine: bool = False
+    layerscale: bool = True
+    rope: bool = True
+    rope_rescale: float | None = 2.0  # training-time RoPE coordinate rescale in [1/r, r]; None: off
+
+    @property
+    def timm_name(self) -> str:
+        return TIMM_NAMES[self.size]
+
+    def architecture(self) -> dict[str, Any]:
+        """NepaConfig fields these knobs set, over the registered size's defaults."""
+        from nepa.models import MODEL_SIZES
+
+        width = MODEL_SIZES[self.timm_name]["embed_dim"]
+        # The paper gives no SwiGLU ratio: 2/3 of the GeLU width keeps the parameter count (LLaMA's rule).
+        swiglu = dict(mlp_gated=True, mlp_act="silu", mlp_hidden_dim=64 * -(-8 * width // 3 // 64))
+        return dict(
+            **(swiglu if self.mlp == "swiglu" else dict(mlp_gated=False, mlp_act="gelu")),
+            qk_norm=self.qk_norm,
+            qk_norm_affine=self.qk_norm_affine,
+            layerscale_init=1e-5 if self.layerscale else None,
+            rope=self.rope,
+            rope_rescale=self.rope_rescale,
+        )
+
+
+class PretrainParams(Section):
+    epochs: float = 20
+    warmup_epochs: float = 2
+    max_steps: int | None = None  # stop early (smoke runs); the schedule still spans `epochs`
+    global_batch: int = 256
+    micro_batch: int = 128  # per process and step; gradient accumulation fills the global batch
+    base_lr: float = 3e-4  # lr = base_lr * global_batch / 256
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    drop_path: float = 0.0
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    checkpoint_every: int = 200  # optimizer steps
+    keep_last: int = 2
+    log_every: int = 10
+    num_workers: int = 2
+
+
+class FinetuneParams(Section):
+    epochs: float = 10
+    warmup_epochs: float = 1
+    max_steps: int | None = None
+    global_batch: int = 256
+    micro_batch: int = 128
+    base_lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.05
+    layer_decay: float = 0.35
+    layer_decay_ramp: bool = True  # paper: the decay rate rises linearly to 1.0 over training
+    drop_path: float = 0.1
+    grad_clip: float | None = None
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # RandAugment(9, 0.5), timm notation
+    reprob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    label_smoothing: float = 0.1
+    freeze_patch_embed: bool = True
+    attention: Literal["bidirectional", "causal"] = "bidirectional"
+    pooling: Literal["mean", "last"] = "mean"
+    ema_decay: float | None = 0.999
+    report: Literal["ema_final", "online_final", "max_final"] = "ema_final"  # fixed before any run
+    eval_crop_ratio: float = 0.875  # resize 256 -> crop 224
+    checkpoint_every: int = 200
+    keep_last: int = 2
+    log_every: int = 10
+    num_workers: int = 2
+
+
+class ProbeParams(Section):
+    epochs: float = 20
+    global_batch: int = 256
+    base_lr: float = 0.1
+    weight_decay: float = 0.0
+    poolings: tuple[Literal["last", "mean"], ...] = ("last", "mean")
+
+
+class SegmentParams(Section):
+    iterations: int = 2000
+    global_batch: int = 16
+    crop: int = 64  # full scale 512, padded up to a multiple of the patch
+    base_lr: float = 1e-4
+    weight_decay: float = 0.05
+    layer_decay: float = 0.65
+    drop_path: float = 0.1
+    warmup_iterations: int = 100
+    taps: tuple[int, ...] | None = None  # 0-based blocks; None: evenly spaced, last block included
+    channels: int = 128  # UperNet channels (512 at full scale)
+    num_classes: int = 150
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    num_workers: int = 2
+
+
+class SlurmParams(Section):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 8
+    time_min: int = 60
+    signal_delay_s: int = 120  # SLURM sends the preemption signal this long before the time limit
+    extra_sbatch: dict[str, str] = Field(default_factory=dict)
+
+
+class LauncherParams(Section):
+    kind: Literal["local", "submitit"] = "local"
+    processes: int = 1  # local: processes (one per GPU) on this machine
+    folder: str = "runs/slurm"  # submitit job folders
+    slurm: SlurmParams = SlurmParams()
+
+
+class Params(Section):
+    recipe: Literal["paper", "official"] = "paper"
+    scale: Literal["embedded", "full"] = "embedded"
+    variant: str = "nepa"  # an ablation from nepa/presets.py ABLATIONS; "nepa" is the method itself
+    sizes: tuple[Size, ...] = ("tiny",)  # model sizes the DAG runs; a stage runs model.size
+    seed: int = 0
+    runs: str = "runs"  # stage outputs: checkpoints, exports, metrics
+    results: str = "results"  # report and figures
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    objective: Objective = Objective()
+    pretrain: PretrainParams = PretrainParams()
+    finetune: FinetuneParams = FinetuneParams()
+    probe: ProbeParams = ProbeParams()
+    segment: SegmentParams = SegmentParams()
+    launcher: LauncherParams = LauncherParams()
+
+    @property
+    def run_name(self) -> str:
+        """Folder name of this configuration's runs: size and variant."""
+        return f"{self.model.size}-{self.variant}"
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string; params are YAML 1.2-style here, so it is a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge, `over` wins; neither input is changed."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def parse_set(assignment: str) -> dict[str, Any]:
+    """`pretrain.epochs=5` -> {"pretrain": {"epochs": 5}}, the value parsed as YAML."""
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set {assignment!r}: expected section.key=value, e.g. --set pretrain.epochs=5")
+    out: dict[str, Any] = {}
+    node = out
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.load(value, Loader=_Loader)
+    return out
+
+
+def _lists_to_tuples(value: Any) -> Any:
+    """YAML has no tuples; strict validation wants them for fixed-length fields."""
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {key!r}; see the documented keys in params.yaml"
+    return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
+
+
+def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (), size: str | None = None) -> Params:
+    """Resolve params.yaml (see the module doc); `size` selects the model size (default: the file's)."""
+    from nepa.presets import ABLATION_TABLE, ABLATIONS, ablation_schedule, full_scale, recipe_knobs
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found; run from the repository root or pass --params PATH")
+    try:
+        user = yaml.load(path.read_text(), Loader=_Loader) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(user, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    cli = {}
+    for assignment in overrides:
+        cli = merge(cli, parse_set(assignment))
+    top = merge(user, cli)
+    recipe, scale = top.get("recipe", "paper"), top.get("scale", "embedded")
+    size = size or top.get("model", {}).get("size") or "tiny"
+    variant = top.get("variant", "nepa")
+    if variant not in ABLATIONS:
+        raise UserError(f"{path}: variant {variant!r} is not one of {sorted(ABLATIONS)}")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if scale == "full":
+        layers.append(("full-scale preset", full_scale(recipe, size)))
+        if variant in ABLATION_TABLE:
+            layers.append(("ablation schedule", ablation_schedule(ABLATION_TABLE[variant])))
+    layers += [
+        ("recipe preset", recipe_knobs(recipe, size)),
+        (str(path), user),
+        (f"variant {variant}", ABLATIONS[variant]),
+        ("--set", cli),
+        ("--size", {"model": {"size": size}}),
+    ]
+    resolved: dict[str, Any] = {}
+    for _, layer in layers:
+        resolved = merge(resolved, layer)
+    try:
+        params = Params.model_validate(_lists_to_tuples(resolved))
+    except ValidationError as e:
+        raise UserError(_one_line(e, str(path))) from None
+    if params.scale == "full" and params.data.imagenet_src is None:
+        raise UserError(f"{path}: scale is full but data.imagenet_src is not set; point it at your ImageNet folder")
+    return params

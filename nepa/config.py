@@ -279,7 +279,10 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
         raise UserError(f"{path}: variant {variant!r} is not one of {sorted(ABLATIONS)}")
     layers: list[tuple[str, dict[str, Any]]] = []
     if scale == "full":
-        layers.append(("full-scale preset", full_scale(recipe, size)))
+        try:
+            layers.append(("full-scale preset", full_scale(recipe, size)))
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
         if variant in ABLATION_TABLE:
             layers.append(("ablation schedule", ablation_schedule(ABLATION_TABLE[variant])))
     layers += [

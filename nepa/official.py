@@ -88,13 +88,15 @@ QKV_ORDER = ("query", "key", "value")
 def _pattern(template: str) -> re.Pattern[str]:
     regex = re.escape(template)
     for name, alternatives in PLACEHOLDERS.items():
-        regex = regex.replace(re.escape("{%s}" % name), f"(?P<{name}>{alternatives})")
+        regex = regex.replace(re.escape(f"{{{name}}}"), f"(?P<{name}>{alternatives})")
     return re.compile(regex)
 
 
 TO_OURS = [(_pattern(theirs), ours) for theirs, ours in KEY_MAP]
 TO_OFFICIAL = [(_pattern(ours), theirs) for theirs, ours in KEY_MAP]
-QKV_IN = re.compile(r"vit_nepa\.encoder\.layer\.(?P<i>\d+)\.attention\.attention\.(?P<part>query|key|value)\.(?P<p>weight|bias)")
+QKV_IN = re.compile(
+    r"vit_nepa\.encoder\.layer\.(?P<i>\d+)\.attention\.attention\.(?P<part>query|key|value)\.(?P<p>weight|bias)"
+)
 QKV_OUT = re.compile(r"blocks\.(?P<i>\d+)\.attn\.qkv\.(?P<p>weight|bias)")
 
 
@@ -107,7 +109,8 @@ def translate(key: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
 
 def config_from_official(official: dict[str, Any], source: str) -> NepaConfig:
     if official.get("model_type") != "vit_nepa":
-        raise UserError(f"{source}: model_type is {official.get('model_type')!r}, not 'vit_nepa'; pass a NEPA checkpoint")
+        found = official.get("model_type")
+        raise UserError(f"{source}: model_type is {found!r}, not 'vit_nepa'; pass a NEPA checkpoint")
     unknown = sorted(set(official) - set(SAME_MEANING) - DESCRIPTIVE)
     if unknown:
         raise UserError(f"{source}: config fields nepa does not know {unknown}; they may change the model, so it stops")
@@ -177,7 +180,7 @@ def state_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if m := QKV_OUT.fullmatch(key):
-            for part, chunk in zip(QKV_ORDER, value.chunk(3)):
+            for part, chunk in zip(QKV_ORDER, value.chunk(3), strict=True):
                 out[QKV_OFFICIAL.format(i=m["i"], part=part, p=m["p"])] = chunk
         elif key == "mask_token":  # pretraining-only; the official model has no slot for it
             continue

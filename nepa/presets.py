@@ -19,7 +19,12 @@ PRETRAIN_COMMON: Layer = dict(
     grad_clip=1.0, ema_decay=0.9999, drop_path=0.0, crop_scale=[0.08, 1.0], checkpoint_every=1000, keep_last=3,
     log_every=50, num_workers=10,
 )  # fmt: skip
-PRETRAIN_EPOCHS = {("paper", "base"): 1600, ("paper", "large"): 800, ("official", "base"): 1600, ("official", "large"): 1600}
+PRETRAIN_EPOCHS = {
+    ("paper", "base"): 1600,
+    ("paper", "large"): 800,
+    ("official", "base"): 1600,
+    ("official", "large"): 1600,
+}
 
 FINETUNE_COMMON: Layer = dict(
     global_batch=1024, micro_batch=128, betas=[0.9, 0.999], weight_decay=0.05, auto_augment="rand-m9-mstd0.5-inc1",

@@ -117,9 +117,14 @@ class Rope2D(nn.Module):
         coords = patch_center_coords(grid_h, grid_w, self.inv_freq.device)
         if self.training:
             coords = augment_coords(coords, self.cfg.rope_shift, self.cfg.rope_jitter, self.cfg.rope_rescale)
-        angles = 2 * math.pi * coords[:, :, None] * self.inv_freq  # (N, 2, head_dim/4)
-        angles = angles.flatten(1).tile(2)  # (N, head_dim): [y freqs, x freqs] twice, for rotate-half
-        return angles.cos().to(dtype), angles.sin().to(dtype)
+        return rope_cos_sin(coords, self.inv_freq, dtype)
+
+
+def rope_cos_sin(coords: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin, (N, head_dim) each, of the rotation angles of N tokens at (y, x) coordinates."""
+    angles = 2 * math.pi * coords[:, :, None] * inv_freq  # (N, 2, head_dim/4)
+    angles = angles.flatten(1).tile(2)  # (N, head_dim): [y freqs, x freqs] twice, for rotate-half
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def rotate_half(x: Tensor) -> Tensor:

@@ -31,9 +31,7 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metada
     os.replace(tmp, path)
 
 
-def save_model_file(
-    state_dict: dict[str, torch.Tensor], cfg: NepaConfig, path: str | Path, **metadata: str
-) -> Path:
+def save_model_file(state_dict: dict[str, torch.Tensor], cfg: NepaConfig, path: str | Path, **metadata: str) -> Path:
     path = Path(path)
     atomic_save_safetensors(state_dict, path, {CONFIG_KEY: json.dumps(dataclasses.asdict(cfg)), **metadata})
     return path
@@ -45,11 +43,12 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: not a readable safetensors file ({e}); re-export it with `nepa export`") from None
     if CONFIG_KEY not in metadata:
-        raise UserError(f"{path}: no nepa config in the file header; convert official checkpoints with `nepa import-official`")
+        fix = "convert official checkpoints with `nepa import-official`"
+        raise UserError(f"{path}: no nepa config in the file header; {fix}")
     return tensors, json.loads(metadata[CONFIG_KEY]), metadata
 
 

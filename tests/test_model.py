@@ -1,0 +1,192 @@
+"""The model and objective do what the paper says: loss range, causality, stop-grad, relative RoPE,
+ablation switches, sizes, heads."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import nepa.models  # noqa: F401  (registers the timm names)
+from nepa.models import NepaConfig, NepaViT, save_model_file
+from nepa.models.nepa_vit import apply_rope, patch_center_coords, rope_cos_sin
+from nepa.objectives import Objective, next_embedding_loss, pretrain_loss, random_patch_mask
+
+TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_hidden_dim=64)
+
+
+def tiny(**overrides: object) -> NepaViT:
+    torch.manual_seed(0)
+    model = NepaViT(NepaConfig(**{**TINY, **overrides}))
+    # LayerScale 1e-5 makes blocks nearly invisible at init; open them so effects are measurable
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(1.0)
+    return model.eval()
+
+
+def images(n: int = 2, size: int = 16) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_loss_is_minus_one_for_identical_and_near_zero_for_random() -> None:
+    z = torch.randn(4, 65, 64)
+    pred = torch.cat([z[:, 1:], torch.randn(4, 1, 64)], dim=1)  # pred[t] == z[t+1]
+    assert next_embedding_loss(pred, z).item() == pytest.approx(-1.0, abs=1e-6)
+    random = next_embedding_loss(torch.randn(64, 65, 256), torch.randn(64, 65, 256)).item()
+    assert abs(random) < 0.01  # mean cosine of random 256-d vectors ~ N(0, 1/sqrt(256 * 64 * 64))
+
+
+def _grad_of_output_wrt_patches(model: NepaViT, t: int, causal: bool) -> torch.Tensor:
+    """|d pred[:, t] / d pixels| summed per patch, (num_patches,)."""
+    x = images(1).requires_grad_(True)
+    out = model.forward_pretrain(x, causal=causal)
+    # a random projection: a plain sum of a LayerNorm output is constant and has no gradient
+    (out.pred[:, t] * torch.randn(out.pred.shape[-1], generator=torch.Generator().manual_seed(2))).sum().backward()
+    p = model.cfg.patch_size
+    return x.grad.abs().sum(1)[0].unfold(0, p, p).unfold(1, p, p).sum((-1, -2)).flatten()
+
+
+def test_causal_mask_blocks_the_future() -> None:
+    model = tiny()
+    t = 5  # output at token 5 (CLS + 4 patches seen); patch p is token p + 1
+    grad = _grad_of_output_wrt_patches(model, t, causal=True)
+    assert torch.all(grad[t:] == 0), "output t must not see tokens t+1.."
+    assert torch.all(grad[:t] > 0), "output t must see tokens 1..t"
+    assert torch.all(_grad_of_output_wrt_patches(model, t, causal=False)[t:] > 0)
+
+
+def test_stop_grad_stops_gradients_into_targets() -> None:
+    model = tiny()
+    out = model.forward_pretrain(images())
+    assert not out.target.requires_grad and out.pred.requires_grad
+    # the target path carries gradient only without stop-grad
+    grads = {}
+    for stop_grad in (True, False):
+        model.zero_grad()
+        pretrain_loss(model, images(), Objective(stop_grad=stop_grad)).backward()
+        grads[stop_grad] = model.patch_embed.weight.grad.clone()
+    assert not torch.allclose(grads[True], grads[False])
+    out = model.forward_pretrain(images(), detach_target=False)
+    assert out.target.requires_grad
+
+
+def test_rope_is_relative() -> None:
+    """Shifting every coordinate by the same offset leaves q.k logits unchanged."""
+    head_dim, n = 32, 16
+    inv_freq = 1.0 / 100.0 ** torch.arange(0, 1, 4 / head_dim)
+    coords = patch_center_coords(4, 4, torch.device("cpu"))
+    q, k = torch.randn(1, 1, n, head_dim), torch.randn(1, 1, n, head_dim)
+
+    def logits(c: torch.Tensor) -> torch.Tensor:
+        cos, sin = rope_cos_sin(c, inv_freq, torch.float32)
+        return apply_rope(q, cos, sin) @ apply_rope(k, cos, sin).transpose(-1, -2)
+
+    shifted = coords + torch.tensor([0.37, -1.3])
+    torch.testing.assert_close(logits(shifted), logits(coords), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(logits(coords * 1.5), logits(coords), atol=1e-3)  # scaling is not relative
+
+
+def test_rope_skips_the_cls_token() -> None:
+    x = torch.randn(1, 1, 17, 8)
+    cos, sin = rope_cos_sin(patch_center_coords(4, 4, torch.device("cpu")), torch.ones(2), torch.float32)
+    out = apply_rope(x, cos, sin)
+    torch.testing.assert_close(out[..., 0, :], x[..., 0, :], atol=0, rtol=0)
+    assert not torch.allclose(out[..., 1:, :], x[..., 1:, :])
+
+
+def test_shift_switch_compares_the_same_position_without_shift() -> None:
+    pred, target = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    same = -F.cosine_similarity(pred, target, dim=-1).mean()
+    nxt = -F.cosine_similarity(pred[:, :-1], target[:, 1:], dim=-1).mean()
+    assert next_embedding_loss(pred, target, shift=False).item() == pytest.approx(same.item(), abs=1e-6)
+    assert next_embedding_loss(pred, target, shift=True).item() == pytest.approx(nxt.item(), abs=1e-6)
+
+
+def test_mask_ratio_masks_inputs_not_targets() -> None:
+    mask = random_patch_mask(8, 64, 0.4, torch.device("cpu"))
+    assert mask.sum(1).eq(round(0.4 * 64)).all()
+    model = tiny(mask_token=True)
+    with torch.no_grad():
+        model.mask_token.fill_(3.0)
+        plain = model.forward_pretrain(images())
+        masked = model.forward_pretrain(images(), patch_mask=random_patch_mask(2, 16, 0.5, torch.device("cpu")))
+    torch.testing.assert_close(masked.target, plain.target, atol=0, rtol=0)  # targets stay clean
+    assert not torch.allclose(masked.pred, plain.pred)
+    torch.manual_seed(0)
+    assert pretrain_loss(model, images(), Objective(mask_ratio=0.5)).item() != pytest.approx(
+        pretrain_loss(model, images(), Objective()).item()
+    )
+
+
+def test_causal_switch_of_the_objective_reaches_attention() -> None:
+    model = tiny()
+    with torch.no_grad():
+        causal = pretrain_loss(model, images(), Objective(causal=True))
+        bidirectional = pretrain_loss(model, images(), Objective(causal=False))
+    assert causal.item() != pytest.approx(bidirectional.item())
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_paper_sizes_have_the_paper_parameter_counts() -> None:
+    # ViT-B/14 without absolute position embedding or head: 12 blocks x 7,089,408 + patch embed 452,352
+    # + CLS 768 + final norm 1,536 = 85,527,552 ("86M" for ViT-B counts pos-embed and head too).
+    assert _count(timm.create_model("nepa_base_patch14_224")) == 85_527_552
+    # ViT-L/14: 24 x 12,598,272 + 603,136 + 1,024 + 2,048 = 302,964,736 ("304M" with pos-embed and head)
+    assert _count(timm.create_model("nepa_large_patch14_224")) == 302_964_736
+    # the paper preset's SwiGLU at 2/3 width keeps ViT-B's count within 0.1%
+    swiglu = timm.create_model("nepa_base_patch14_224", mlp_gated=True, mlp_act="silu", mlp_hidden_dim=2048)
+    assert abs(_count(swiglu) - 85_527_552) / 85_527_552 < 1e-3
+
+
+def test_classification_heads() -> None:
+    model = tiny(num_classes=7)
+    assert model.head.weight.shape == (7, 32) and isinstance(model.fc_norm, torch.nn.LayerNorm)
+    assert model(images()).shape == (2, 7)
+    model.reset_classifier(3)  # zero-initialised, as the paper's fine-tuning
+    assert model(images()).abs().max().item() == 0.0
+    last = tiny(num_classes=3, pooling="last")
+    h = last.forward_features(images())
+    torch.testing.assert_close(last.forward_head(h, pre_logits=True), h[:, -1])
+
+
+@pytest.mark.parametrize("size", [(16, 24), (32, 8)])
+def test_dense_features_at_non_square_sizes(size: tuple[int, int]) -> None:
+    model = tiny(causal=False)
+    feats = model.forward_dense(torch.randn(2, 3, *size), taps=(0, 1))
+    assert [f.shape for f in feats] == [(2, 32, size[0] // 4, size[1] // 4)] * 2
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        model.forward_dense(torch.randn(1, 3, 18, 16), taps=(1,))
+
+
+def test_pretrained_path_round_trip_through_timm(tmp_path: Path) -> None:
+    model = timm.create_model("nepa_tiny_patch4_32", depth=2)
+    path = save_model_file(model.state_dict(), model.cfg, tmp_path / "m.safetensors")
+    loaded = timm.create_model("nepa_tiny_patch4_32", pretrained=str(path), num_classes=10)
+    assert loaded.cfg.depth == 2 and loaded.num_classes == 10  # file architecture, caller's head
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_training_mode_rescales_rope_coordinates_only_in_training() -> None:
+    model = tiny(rope_rescale=2.0)
+    x = images()
+    with torch.no_grad():
+        model.eval()
+        a, b = model.forward_features(x), model.forward_features(x)
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        model.train()
+        torch.manual_seed(0)
+        c = model.forward_features(x)
+        torch.manual_seed(1)
+        d = model.forward_features(x)
+    assert not torch.allclose(c, d)
+    assert math.isfinite(c.sum().item())

@@ -1,0 +1,93 @@
+"""What every stage records beside its numbers: which params, checkpoint, code and hardware made them.
+
+Each stage verb writes `metrics.json` in its output folder with `write_metrics`; `nepa report` and
+`dvc metrics show` read those files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nepa.config import Params
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def params_hash(params: Params) -> str:
+    """sha256 of the resolved params: two runs with the same hash ran the same configuration."""
+    return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"CPU {cpu} ({os.cpu_count()} cores)"
+
+
+def write_metrics(
+    folder: str | Path,
+    stage: str,
+    metrics: dict[str, float],
+    params: Params,
+    checkpoint: str | Path | None = None,
+    seconds: float | None = None,
+    **extra: Any,
+) -> Path:
+    """Write `folder/metrics.json`: {"stage", "metrics": {name: value}, "provenance": {...}}."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "stage": stage,
+        "metrics": metrics,
+        "provenance": {
+            "run": params.run_name,
+            "scale": params.scale,
+            "recipe": params.recipe,
+            "variant": params.variant,
+            "size": params.model.size,
+            "params_sha256": params_hash(params),
+            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
+            "git_commit": git_commit(),
+            "hardware": hardware(),
+            "hours": None if seconds is None else round(seconds / 3600, 4),
+            "torch": torch.__version__,
+            **extra,
+        },
+    }
+    path = folder / "metrics.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+    return path

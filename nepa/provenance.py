@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -51,8 +52,6 @@ def hardware() -> str:
                 break
     except OSError:
         pass
-    import os
-
     return f"CPU {cpu} ({os.cpu_count()} cores)"
 
 

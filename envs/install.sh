@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The one install of nepa: the README's set-up, CI (.ci/run) and the Docker image all run this script.
+#
+#   bash envs/install.sh            runtime: Debian data package + Python env in .venv (CPU torch)
+#   bash envs/install.sh --test     + test tools and the real services the tests drive (SLURM, munge, chromium)
+#   bash envs/install.sh --cuda     CUDA torch instead of the CPU build (GPU hosts, the CUDA image)
+#
+# NEPA_VENV=PATH puts the environment elsewhere (the image uses /opt/nepa). Idempotent and fast when
+# nothing changed: a stamp of the requirement files' hash skips pip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+variant=cpu
+with_test=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) with_test=1 ;;
+    --cuda) variant=cuda ;;
+    *) echo "install.sh: unknown option $arg (use --test, --cuda)" >&2; exit 2 ;;
+  esac
+done
+venv=${NEPA_VENV:-.venv}
+say() { printf '\033[1m[nepa setup]\033[0m %s\n' "$*"; }
+
+# ---- Debian packages ------------------------------------------------------------------------------
+# dataset-fashion-mnist: the real images of the embedded default. The test services: a one-node SLURM
+# (slurm-wlm + munge) and headless chromium (the report's HTML is rendered in a test).
+debs=(dataset-fashion-mnist)
+[ "$with_test" = 1 ] && debs+=(slurm-wlm munge chromium)
+missing=()
+for pkg in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  elif command -v apt-get >/dev/null && [ "${missing[*]}" = dataset-fashion-mnist ]; then
+    # No root: the data package is plain files, so unpack it into the repo's cache instead.
+    cache=.cache/debs
+    if [ ! -d "$cache/usr/share/datasets/fashion-mnist" ]; then
+      say "no root: unpacking dataset-fashion-mnist into $cache"
+      mkdir -p "$cache" && (cd "$cache" && apt-get download dataset-fashion-mnist >/dev/null)
+      dpkg -x "$cache"/dataset-fashion-mnist_*.deb "$cache"
+    fi
+  else
+    echo "nepa setup: install the Debian packages ${missing[*]} (as root: apt-get install ${missing[*]})" >&2
+    exit 2
+  fi
+fi
+
+# ---- Python environment ---------------------------------------------------------------------------
+requirements=(-r envs/requirements-"$variant".txt)
+[ "$with_test" = 1 ] && requirements+=(-r envs/requirements-dev.txt)
+constraints=()
+[ "$variant" = cpu ] && constraints=(-c envs/constraints-cpu.txt)  # or pip pulls a CUDA torch
+stamp="$venv/.nepa-install-$variant-$with_test"
+want=$(cat envs/*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ]; then
+  say "python venv in $venv"
+  python3 -m venv "$venv"
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
+  say "pip install torch==2.13.0 ($variant) and the pinned requirements"
+  # torch first: on CPU hosts torch==2.13.0 resolves to the CPU build, which the constraints then hold.
+  "${pip[@]}" torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+  "${pip[@]}" "${constraints[@]}" "${requirements[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+  "${pip[@]}" "${constraints[@]}" --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+  "$venv/bin/python" -c "import torch, deepspeed, snakemake, dvc" 2>/dev/null \
+    || { echo "nepa setup: pip install failed; see the messages above" >&2; exit 1; }
+  echo "$want" >"$stamp"
+fi
+"$venv/bin/python" envs/patch_torchvision.py
+"$venv/bin/python" -c "import timm, nepa.models" || { echo "nepa setup: import timm failed" >&2; exit 1; }
+say "ready: $venv (torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'))"

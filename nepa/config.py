@@ -5,6 +5,8 @@ Resolution, later wins:
   2. at `scale: full`, the full-scale recipe of `recipe` (paper | official) for the model size (nepa/presets.py);
   3. the model knobs of `recipe` where paper and official code disagree (PAPER.md "Decisions");
   4. what params.yaml says;
+  4b. the NEPA_LAUNCHER environment variable, if set: launcher.kind (local | submitit), so that a Snakemake
+      profile or a cluster login shell sends every stage to SLURM without editing params.yaml;
   5. the ablation `variant` (nepa/presets.py ABLATIONS), which defines the experiment;
   6. `--set section.key=value` on the command line.
 An unknown key or a wrong type is one line naming the key and the file (exit 2).
@@ -13,12 +15,13 @@ An unknown key or a wrong type is one line naming the key and the file (exit 2).
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nepa.errors import UserError
 from nepa.objectives import Objective
@@ -43,11 +46,13 @@ class DataParams(Section):
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
     embedded_image_size: int = 32  # Fashion-MNIST 28x28 padded into an ImageNet-style RGB image
     embedded_scene_size: int = 64  # ADE20K-style canvas holding 2-4 Fashion-MNIST items
+    embedded_images: tuple[int, int] = (60000, 10000)  # (train, val): the first images of FMNIST train / t10k
     embedded_scenes: tuple[int, int] = (2000, 500)  # (training, validation) scenes
-    images_per_shard: int = 5000
+    images_per_shard: int = 1000  # ImageNet: 1282 train shards of ~110 MB (nepa/data/shards.py says why)
     reencode_max_side: int | None = None  # re-encode images whose long side is larger (off by default)
     skip_bad: bool = False  # record unreadable files in the manifest instead of stopping
     workers: int = 0  # 0: every core
+    verify_shards: bool = True  # loaders check every shard's sha256 once per process (minutes at full scale)
 
 
 class ModelParams(Section):
@@ -157,24 +162,65 @@ class SegmentParams(Section):
 
 
 class SlurmParams(Section):
+    """What one stage's SLURM job asks for (launcher.kind: submitit; nepa/launch.py, docs/slurm.md)."""
+
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
     nodes: int = 1
-    gpus_per_node: int = 0
+    gpus_per_node: int = 0  # one task per GPU; 0: launcher.processes tasks per node on CPU
     cpus_per_task: int = 2
-    mem_gb: int = 8
+    mem_gb: int = 8  # per node
     time_min: int = 60
     signal_delay_s: int = 120  # SLURM sends the preemption signal this long before the time limit
-    extra_sbatch: dict[str, str] = Field(default_factory=dict)
+    max_timeouts: int = 3  # times a stage that reaches time_min is requeued to go on (preemptions do not count)
+    # Run inside a container: `python` is the command that starts Python in the job (Apptainer:
+    # "apptainer exec --nv nepa.sif python"); `srun_args` go to the job's srun (pyxis: "--container-image=...").
+    python: str | None = None  # None: the interpreter that submits
+    srun_args: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()  # shell lines before srun, e.g. "module load cuda/12.4"
+    extra_sbatch: dict[str, str | int | bool] = Field(default_factory=dict)  # {exclusive: true} -> --exclusive
 
 
 class LauncherParams(Section):
+    """Where a stage verb runs. `local`: here. `submitit`: the verb submits itself as a SLURM job with
+    `slurm` (or its `stages` entry), waits for it, streams its log and exits with its status (nepa/launch.py).
+
+    `stages` lists only what a stage needs beyond `slurm`, e.g. {pretrain: {gpus_per_node: 8, time_min: 4320}};
+    each entry is resolved over `slurm` here, so `nepa params` shows what every listed stage gets.
+    """
+
     kind: Literal["local", "submitit"] = "local"
-    processes: int = 1  # local: processes (one per GPU) on this machine
-    folder: str = "runs/slurm"  # submitit job folders
+    processes: int = 1  # processes per node without GPUs: here (local) or SLURM tasks (slurm.gpus_per_node 0)
+    folder: str = "runs/slurm"  # submitit job folders: FOLDER/VERB/JOBID/ (sbatch file, logs, results)
     slurm: SlurmParams = SlurmParams()
+    stages: dict[str, SlurmParams] = Field(default_factory=dict)  # verb -> its resources (see above)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stages_over_slurm(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            return data
+        base = data.get("slurm", {})
+        base = base.model_dump() if isinstance(base, SlurmParams) else base
+        if not isinstance(base, dict):
+            return data  # validation reports the bad `slurm`
+        stages = {verb: merge(base, over) if isinstance(over, dict) else over for verb, over in data["stages"].items()}
+        return {**data, "stages": stages}
+
+    @field_validator("stages")
+    @classmethod
+    def _known_verbs(cls, stages: dict[str, SlurmParams]) -> dict[str, SlurmParams]:
+        from nepa.cli import VERBS  # imported here: the CLI imports this module
+
+        unknown = sorted(set(stages) - set(VERBS))
+        if unknown:
+            raise ValueError(f"{unknown} are not verbs; expected some of {sorted(VERBS)}")
+        return stages
+
+    def resources(self, verb: str) -> SlurmParams:
+        return self.stages.get(verb, self.slurm)
 
 
 class Params(Section):
@@ -182,8 +228,14 @@ class Params(Section):
     scale: Literal["embedded", "full"] = "embedded"
     variant: str = "nepa"  # an ablation from nepa/presets.py ABLATIONS; "nepa" is the method itself
     sizes: tuple[Size, ...] = ("tiny",)  # model sizes the DAG runs; a stage runs model.size
+    variants: tuple[str, ...] = ("nepa",)  # variants the DAG runs for every size (the report's rows)
+    ablation_variants: tuple[str, ...] = (  # what `snakemake ablations` runs (Table 1)
+        "no_shift", "no_causal", "no_stop_grad", "plain_vit", "ls", "ls_rope", "ls_rope_swiglu", "ls_rope_qknorm",
+        "mask_40", "mask_60", "ft_patch_embed_trained", "ft_causal",
+    )  # fmt: skip
     seed: int = 0
     runs: str = "runs"  # stage outputs: checkpoints, exports, metrics
+    dvc_remote: str = "../nepa-dvc-storage"  # DVC remote for data and checkpoints (path or any DVC URL)
     results: str = "results"  # report and figures
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -253,6 +305,16 @@ def _one_line(error: ValidationError, source: str) -> str:
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
 
 
+def _launcher_from_env() -> dict[str, Any]:
+    kind = os.environ.get("NEPA_LAUNCHER")
+    if kind is None:
+        return {}
+    kinds = get_args(LauncherParams.model_fields["kind"].annotation)
+    if kind not in kinds:
+        raise UserError(f"NEPA_LAUNCHER={kind!r}: expected one of {', '.join(kinds)}")
+    return {"launcher": {"kind": kind}}
+
+
 def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (), size: str | None = None) -> Params:
     """Resolve params.yaml (see the module doc); `size` selects the model size (default: the file's)."""
     from nepa.presets import ABLATION_TABLE, ABLATIONS, ablation_schedule, full_scale, recipe_knobs
@@ -275,8 +337,9 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
     recipe, scale = top.get("recipe", "paper"), top.get("scale", "embedded")
     size = size or top.get("model", {}).get("size") or "tiny"
     variant = top.get("variant", "nepa")
-    if variant not in ABLATIONS:
-        raise UserError(f"{path}: variant {variant!r} is not one of {sorted(ABLATIONS)}")
+    for name in [variant, *top.get("variants", []), *top.get("ablation_variants", [])]:
+        if name not in ABLATIONS:
+            raise UserError(f"{path}: variant {name!r} is not one of {sorted(ABLATIONS)}")
     layers: list[tuple[str, dict[str, Any]]] = []
     if scale == "full":
         try:
@@ -288,6 +351,7 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
     layers += [
         ("recipe preset", recipe_knobs(recipe, size)),
         (str(path), user),
+        ("NEPA_LAUNCHER", _launcher_from_env()),
         (f"variant {variant}", ABLATIONS[variant]),
         ("--set", cli),
         ("--size", {"model": {"size": size}}),

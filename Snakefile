@@ -1,0 +1,30 @@
+# nepa's reproducibility DAG. Every rule is a thin call of one `nepa` verb; stages, paths and commands
+# come from nepa/pipeline.py (dvc.yaml is rendered from the same table), values from params.yaml.
+#
+#   snakemake --cores all                 the embedded default end to end (or the paper, at scale: full)
+#   snakemake ablations --cores all       Table 1 variants and their own report
+#   snakemake --profile slurm             the same DAG on a SLURM cluster (workflow/profiles/slurm)
+
+from snakemake.utils import validate
+
+from nepa.config import load_params
+from nepa.pipeline import fill, stage
+
+configfile: "params.yaml"
+validate(config, "workflow/schemas/params.schema.json")
+PARAMS = load_params("params.yaml")
+
+
+rule all:  # the default target: the report of the configured sizes and variants
+    input: [fill(t, PARAMS) for t in stage("report").outs + stage("report").extra_outs]
+
+
+rule embedded:  # the same DAG, named for the embedded default params
+    input: rules.all.input
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/downstream.smk"
+include: "workflow/rules/report.smk"

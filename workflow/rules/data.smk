@@ -1,0 +1,23 @@
+# Dataset preparation: the embedded default's raw layouts, then versionable shards.
+
+rule prepare_embedded:
+    output: *stage_outputs("prepare_embedded")
+    params: settings=stage_params("prepare_embedded")
+    threads: workflow.cores
+    shell: stage_shell("prepare_embedded")
+
+
+rule prepare_imagenet:
+    input: *stage_inputs("prepare_imagenet")
+    output: *stage_outputs("prepare_imagenet")
+    params: settings=stage_params("prepare_imagenet")
+    threads: workflow.cores
+    shell: stage_shell("prepare_imagenet")
+
+
+rule prepare_ade20k:
+    input: *stage_inputs("prepare_ade20k")
+    output: *stage_outputs("prepare_ade20k")
+    params: settings=stage_params("prepare_ade20k")
+    threads: workflow.cores
+    shell: stage_shell("prepare_ade20k")

@@ -1,0 +1,59 @@
+"""`nepa prepare embedded | imagenet | ade20k`: write a dataset into versionable shards.
+
+  nepa prepare embedded            Fashion-MNIST -> {data.root}/raw/{imagenet,ADEChallengeData2016} (real layouts)
+  nepa prepare imagenet [--src D]  ImageNet-1K folder -> {data.root}/shards/imagenet/ (+ manifest.json)
+  nepa prepare ade20k [--src D]    ADEChallengeData2016 folder -> {data.root}/shards/ade20k/
+
+--src defaults to the embedded raw folder at `scale: embedded`, to data.imagenet_src / data.ade20k_src at
+`scale: full`. For `embedded`, --src overrides data.fashion_mnist_dir. Re-running is cheap: finished work is
+kept (see nepa/data/embedded.py and nepa/data/shards.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from nepa.cli import parse_with_params
+from nepa.config import Params
+from nepa.data.embedded import prepare_embedded
+from nepa.data.shards import prepare_shards
+from nepa.errors import UserError
+
+RAW = {"imagenet": "imagenet", "ade20k": "ADEChallengeData2016"}  # folder names under {data.root}/raw
+
+
+def default_src(dataset: str, params: Params) -> Path:
+    if params.scale == "embedded":
+        return Path(params.data.root) / "raw" / RAW[dataset]
+    src = params.data.imagenet_src if dataset == "imagenet" else params.data.ade20k_src
+    if src is None:
+        raise UserError(f"scale is full but data.{dataset}_src is not set; point it at the dataset or pass --src")
+    return Path(src)
+
+
+def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    parser.add_argument("dataset", choices=["embedded", "imagenet", "ade20k"])
+    parser.add_argument("--src", type=Path, help="source folder (default: see below)")
+    parser.add_argument("--skip-bad", action="store_true", help="record bad files in the manifest and go on")
+    parser.add_argument("--reencode-max-side", type=int, metavar="N", help="shrink images larger than N px")
+    parser.epilog = __doc__
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    args, params = parse_with_params(parser, argv)
+    start = time.perf_counter()
+    if args.dataset == "embedded":
+        prepare_embedded(params, str(args.src) if args.src else None)
+    else:
+        d = params.data
+        prepare_shards(
+            args.dataset,
+            args.src or default_src(args.dataset, params),
+            Path(d.root) / "shards" / args.dataset,
+            images_per_shard=d.images_per_shard,
+            max_side=args.reencode_max_side or d.reencode_max_side,
+            skip_bad=args.skip_bad or d.skip_bad,
+            workers=d.workers,
+        )
+    print(f"nepa prepare {args.dataset}: done in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,0 +1,351 @@
+"""Raw ImageNet-1K / ADE20K folders -> sharded Parquet + manifest.json, the form DVC versions and loaders read.
+
+Why shards: ImageNet-1K train is 1.28M files of ~110 KB. DVC hashes, caches and pushes per file, and file
+systems and object stores pay per file, so 1.28M files take hours where ~1300 large files take minutes.
+
+How many (data.images_per_shard = 1000):
+  ImageNet-1K  train 1,281,167 images -> 1282 shards of ~110 MB (the train JPEGs average ~110 KB)
+               val 50,000 -> 50 shards of ~130 MB
+  ADE20K       training 20,210 pairs -> 21 shards of ~40 MB; validation 2,000 -> 2 shards
+  embedded     imagenet train 60,000 -> 60 shards of ~1.3 MB, val 10,000 -> 10; ade20k 2000 + 500 scenes -> 2 + 1
+~100 MB shards make per-file costs vanish, while a shard is still seconds of work for one writer (a resume
+loses little), fits in a writer's memory, and 1282 of them spread evenly over any number of processes.
+
+Layout under {data.root}/shards/:
+  imagenet/{train,val}/part-NNNNN.parquet           key string, image binary (as encoded), label int64
+  ade20k/{training,validation}/part-NNNNN.parquet   key string, image binary, mask binary (PNG, mode L)
+  <dataset>/manifest.json                           rows per split and shard, sha256 of every shard, class map,
+                                                    re-encode setting, skipped files
+Rows follow the sorted source paths; the loaders shuffle. Every row group holds one row, so a loader reads a
+random sample by reading its bytes only (the global per-epoch permutation needs random access); no Parquet
+compression, as JPEG and PNG bytes are compressed already. ImageNet labels index the sorted train/ synset
+folders (torchvision's ImageFolder order, which is ImageNet's standard class order).
+
+Checks: every image is decoded (JPEG at 1/8 scale, which still reads all its data, so truncation shows) and
+every mask must be a mode L/P PNG of its image's size. A bad file, an empty class folder or a missing
+annotation stops the run with one line naming it, or with data.skip_bad (--skip-bad) is left out and recorded
+in the manifest.
+
+Resume: each shard carries in its Parquet metadata a fingerprint of what it holds (source paths, sizes,
+labels, re-encode setting). A re-run keeps the shards whose fingerprint matches and writes the others, each
+to a temporary name renamed into place when whole; manifest.json is removed before any shard is rewritten
+and written last, so one exists only beside a complete, matching set of shards.
+
+Re-encoding (data.reencode_max_side / --reencode-max-side, off by default): images whose long side exceeds
+N are shrunk to N (bicubic) and stored as JPEG quality REENCODE_QUALITY, masks resized to match (nearest);
+the setting is part of the manifest and of every shard's fingerprint.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from nepa.data.parallel import run_parallel
+from nepa.errors import UserError
+
+FORMAT = 1
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
+REENCODE_QUALITY = 90
+MANIFEST = "manifest.json"
+SPLITS = {"imagenet": ("train", "val"), "ade20k": ("training", "validation")}
+SKIP_HINT = "or re-run with --skip-bad to leave it out and record it in the manifest"
+
+
+class Item(NamedTuple):
+    """One row to be: the source image, its label (ImageNet) or its annotation (ADE20K)."""
+
+    key: str  # path relative to the source folder
+    image: str
+    size: int  # bytes of image + mask, part of the fingerprint
+    label: int | None = None
+    mask: str | None = None
+
+
+@dataclass
+class Problems:
+    """Bad inputs: a UserError at the first, or with skip_bad a list for the manifest."""
+
+    skip_bad: bool
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def report(self, path: str | Path, reason: str, fix: str) -> None:
+        if not self.skip_bad:
+            raise UserError(f"{path}: {reason}; {fix}, {SKIP_HINT}")
+        self.skipped.append({"file": str(path), "reason": reason})
+
+
+@dataclass
+class Plan:
+    """What a dataset's shards will hold: its classes and the items of each split."""
+
+    name: str
+    source: Path
+    classes: list[dict[str, object]]
+    splits: dict[str, list[Item]]
+    problems: dict[str, Problems]
+
+
+# ---- reading the raw layouts ---------------------------------------------------------------------
+
+
+def _images(folder: Path) -> list[os.DirEntry[str]]:
+    return sorted((e for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
+                  key=lambda e: e.name)  # fmt: skip
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise UserError(f"{path}: {what} not found; pass --src the dataset folder (or set it in params.yaml)")
+
+
+def _imagenet_names(src: Path, wnids: list[str]) -> list[str]:
+    """Class names from imagenet_class_index.json (Keras) or LOC_synset_mapping.txt (Kaggle), else the wnids."""
+    names = dict.fromkeys(wnids, "")
+    if (src / "imagenet_class_index.json").is_file():
+        names.update(dict(json.loads((src / "imagenet_class_index.json").read_text()).values()))
+    elif (src / "LOC_synset_mapping.txt").is_file():
+        names.update(line.split(" ", 1) for line in (src / "LOC_synset_mapping.txt").read_text().splitlines())
+    return [names[w].strip() or w for w in wnids]
+
+
+def scan_imagenet(src: Path, skip_bad: bool) -> Plan:
+    """train/ and val/ with one folder per synset (val sorted into synsets, as torchvision/timm expect)."""
+    _require_dir(src, "ImageNet folder")
+    for split in SPLITS["imagenet"]:
+        _require_dir(src / split, f"ImageNet {split}/ folder")
+    wnids = sorted(e.name for e in os.scandir(src / "train") if e.is_dir())
+    if not wnids:
+        raise UserError(f"{src / 'train'}: no class folders; ImageNet train/ holds one folder per synset")
+    index = {w: k for k, w in enumerate(wnids)}
+    plan = Plan("imagenet", src, [], {}, {})
+    plan.classes = [
+        {"index": k, "id": w, "name": n}
+        for k, (w, n) in enumerate(zip(wnids, _imagenet_names(src, wnids), strict=True))
+    ]
+    for split in SPLITS["imagenet"]:
+        problems, items = Problems(skip_bad), []
+        folders = sorted(e.name for e in os.scandir(src / split) if e.is_dir())
+        if not folders:
+            raise UserError(f"{src / split}: no class folders; sort the images into synset folders (e.g. valprep.sh)")
+        for wnid in folders:
+            if wnid not in index:
+                raise UserError(f"{src / split / wnid}: class not in train/; remove it or restore train/{wnid}")
+            files = _images(src / split / wnid)
+            if not files:
+                problems.report(src / split / wnid, "empty class folder", "restore its images or remove the folder")
+            items += [Item(f"{split}/{wnid}/{e.name}", e.path, e.stat().st_size, label=index[wnid]) for e in files]
+        plan.splits[split], plan.problems[split] = items, problems
+    return plan
+
+
+def _ade20k_classes(src: Path) -> list[dict[str, object]]:
+    """ADE20K's objectInfo150.txt (tab-separated Idx Ratio Train Val Name); none if it is not there."""
+    path = src / "objectInfo150.txt"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [
+            {"index": int(row["Idx"]), "id": row["Idx"], "name": row["Name"]}
+            for row in csv.DictReader(f, delimiter="\t")
+        ]
+
+
+def scan_ade20k(src: Path, skip_bad: bool) -> Plan:
+    """images/{training,validation}/*.jpg with annotations/{training,validation}/<same name>.png."""
+    _require_dir(src, "ADEChallengeData2016 folder")
+    plan = Plan("ade20k", src, _ade20k_classes(src), {}, {})
+    for split in SPLITS["ade20k"]:
+        for kind in ("images", "annotations"):
+            _require_dir(src / kind / split, f"ADE20K {kind}/{split}/ folder")
+        problems, items = Problems(skip_bad), []
+        for e in _images(src / "images" / split):
+            mask = src / "annotations" / split / (Path(e.name).stem + ".png")
+            if not mask.is_file():
+                problems.report(mask, f"missing annotation of {e.path}", "restore it or remove the image")
+                continue
+            items.append(Item(f"{split}/{e.name}", e.path, e.stat().st_size + mask.stat().st_size, mask=str(mask)))
+        plan.splits[split], plan.problems[split] = items, problems
+    return plan
+
+
+# ---- writing one shard (in a worker process) ------------------------------------------------------
+
+
+class BadFile(Exception):
+    def __init__(self, path: str, reason: str, fix: str) -> None:
+        super().__init__(path, reason, fix)
+        self.path, self.reason, self.fix = path, reason, fix
+
+
+def _check(path: str, data: bytes) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded image and its size, or BadFile."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        size = image.size  # before draft() shrinks it
+        image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale, which still reads every byte
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise BadFile(path, f"not a readable image ({e})", "replace or delete it") from None
+    return image, size
+
+
+def _shrink(data: bytes, max_side: int, fmt: str, resample: Image.Resampling, mode: str | None = None) -> bytes:
+    image = Image.open(io.BytesIO(data))
+    image = image.convert(mode or ("RGB" if fmt == "JPEG" else image.mode))
+    image.thumbnail((max_side, max_side), resample)
+    out = io.BytesIO()
+    image.save(out, fmt, **({"quality": REENCODE_QUALITY} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def read_item(item: Item, max_side: int | None) -> dict[str, object]:
+    """The row of one item, checked (and re-encoded if asked); BadFile if it is not usable."""
+    data = Path(item.image).read_bytes()
+    _, size = _check(item.image, data)
+    row: dict[str, object] = {"key": item.key, "image": data}
+    if item.mask is None:
+        row["label"] = item.label
+    else:
+        mask = Path(item.mask).read_bytes()
+        m, mask_size = _check(item.mask, mask)
+        if m.format != "PNG" or m.mode not in ("L", "P"):
+            raise BadFile(item.mask, f"annotation is {m.format} mode {m.mode}, not a PNG of class indices (mode L)",
+                          "re-export it as an 8-bit PNG")  # fmt: skip
+        if mask_size != size:
+            raise BadFile(item.mask, f"annotation is {mask_size[0]}x{mask_size[1]} but its image is "
+                          f"{size[0]}x{size[1]}", "re-export it at the image's size")  # fmt: skip
+        row["mask"] = mask
+    if max_side is not None and max(size) > max_side:
+        row["image"] = _shrink(data, max_side, "JPEG", Image.Resampling.BICUBIC)
+        if item.mask is not None:
+            row["mask"] = _shrink(row["mask"], max_side, "PNG", Image.Resampling.NEAREST)
+    return row
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    dataset: str
+    path: Path
+    items: list[Item]
+    fingerprint: str
+    max_side: int | None
+    skip_bad: bool
+
+
+def schema(dataset: str) -> pa.Schema:
+    target = ("label", pa.int64()) if dataset == "imagenet" else ("mask", pa.binary())
+    return pa.schema([("key", pa.string()), ("image", pa.binary()), target])
+
+
+def write_shard(task: ShardTask) -> dict[str, object]:
+    """Check and write one shard (temp name, then rename); returns its manifest entry and its skipped files."""
+    problems, rows = Problems(task.skip_bad), []
+    for item in task.items:
+        try:
+            rows.append(read_item(item, task.max_side))
+        except BadFile as e:
+            problems.report(e.path, e.reason, e.fix)
+    meta = {"nepa.fingerprint": task.fingerprint, "nepa.skipped": json.dumps(problems.skipped)}
+    table = pa.Table.from_pylist(rows, schema=schema(task.dataset).with_metadata(meta))
+    tmp = task.path.with_name(task.path.name + ".tmp")
+    pq.write_table(table, tmp, row_group_size=1, compression="none", use_dictionary=False, write_statistics=False)
+    os.replace(tmp, task.path)
+    return {**shard_entry(task.path, table.num_rows), "skipped": problems.skipped}
+
+
+def shard_entry(path: Path, rows: int) -> dict[str, object]:
+    with path.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"file": f"{path.parent.name}/{path.name}", "rows": rows, "bytes": path.stat().st_size, "sha256": digest}
+
+
+def kept_shard(path: Path) -> dict[str, object]:
+    """The manifest entry of a shard kept from an earlier run (hashed again: the manifest is rewritten)."""
+    meta = pq.read_metadata(path)
+    return {**shard_entry(path, meta.num_rows), "skipped": json.loads(meta.metadata[b"nepa.skipped"])}
+
+
+def current_fingerprint(path: Path) -> str | None:
+    """The fingerprint a finished shard was written with; None if there is no readable shard."""
+    try:
+        return pq.read_schema(path).metadata[b"nepa.fingerprint"].decode()
+    except (OSError, KeyError, TypeError, pa.ArrowException):
+        return None
+
+
+def fingerprint(items: list[Item], max_side: int | None) -> str:
+    spec = [FORMAT, max_side, [(i.key, i.size, i.label, i.mask is not None) for i in items]]
+    return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
+
+
+# ---- the whole dataset ---------------------------------------------------------------------------
+
+
+def write_dataset(plan: Plan, out: Path, *, images_per_shard: int, max_side: int | None, workers: int) -> dict:
+    """Write (or complete) the shards of `plan` under `out` and then its manifest.json; returns the manifest."""
+    if images_per_shard < 1:
+        raise UserError(f"data.images_per_shard must be at least 1, not {images_per_shard}")
+    write, keep = [], []
+    for split, items in plan.splits.items():
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        n = max(1, -(-len(items) // images_per_shard))
+        for stale in folder.iterdir():  # temp files of an interrupted run, shards beyond this plan
+            part = stale.name.removeprefix("part-").split(".")[0]
+            if stale.name.endswith(".tmp") or (part.isdigit() and int(part) >= n):
+                stale.unlink()
+        for k in range(n):
+            chunk = items[k * images_per_shard : (k + 1) * images_per_shard]
+            task = ShardTask(plan.name, folder / f"part-{k:05d}.parquet", chunk, fingerprint(chunk, max_side), max_side,
+                             plan.problems[split].skip_bad)  # fmt: skip
+            (keep if current_fingerprint(task.path) == task.fingerprint else write).append(task)
+    if write:
+        (out / MANIFEST).unlink(missing_ok=True)
+    entries = {}
+    jobs = [(t, len(t.items)) for t in write]
+    for entry in run_parallel(write_shard, jobs, workers=workers, desc=f"{plan.name} shards", unit="img"):
+        entries[entry["file"]] = entry
+    for entry in run_parallel(kept_shard, [(t.path, len(t.items)) for t in keep], workers=workers,
+                              desc=f"{plan.name} kept shards (sha256)", unit="img"):  # fmt: skip
+        entries[entry["file"]] = entry
+    manifest = {
+        "dataset": plan.name,
+        "format": FORMAT,
+        "source": str(plan.source),
+        "columns": schema(plan.name).names,
+        "images_per_shard": images_per_shard,
+        "reencode": {"max_side": max_side, "jpeg_quality": REENCODE_QUALITY if max_side else None},
+        "classes": plan.classes,
+        "splits": {},
+    }
+    for split in plan.splits:
+        shards = sorted((e for f, e in entries.items() if f.startswith(f"{split}/")), key=lambda e: e["file"])
+        skipped = plan.problems[split].skipped + [s for e in shards for s in e.pop("skipped")]
+        manifest["splits"][split] = {"rows": sum(e["rows"] for e in shards), "shards": shards, "skipped": skipped}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    print(f"{out}: wrote {len(write)} shards, kept {len(keep)}; "
+          + ", ".join(f"{s} {v['rows']} rows in {len(v['shards'])} shards ({len(v['skipped'])} skipped)"
+                      for s, v in manifest["splits"].items()))  # fmt: skip
+    return manifest
+
+
+SCANS = {"imagenet": scan_imagenet, "ade20k": scan_ade20k}
+
+
+def prepare_shards(dataset: str, src: Path, out: Path, *, images_per_shard: int, max_side: int | None,
+                   skip_bad: bool, workers: int) -> dict:  # fmt: skip
+    plan = SCANS[dataset](src, skip_bad)
+    return write_dataset(plan, out, images_per_shard=images_per_shard, max_side=max_side, workers=workers)

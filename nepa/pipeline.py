@@ -187,7 +187,7 @@ def params_schema() -> str:
 
 def dvc_config(params: Params) -> str:
     """.dvc/config: analytics off, the remote from params."""
-    return f'[core]\n    analytics = false\n    remote = nepa\n[\'remote "nepa"\']\n    url = {params.dvc_remote}\n'
+    return f"[core]\n    analytics = false\n    remote = nepa\n['remote \"nepa\"']\n    url = {params.dvc_remote}\n"
 
 
 RENDERED = {

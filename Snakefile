@@ -7,8 +7,13 @@
 
 from snakemake.utils import validate
 
+from nepa import IMAGE
 from nepa.config import load_params
 from nepa.pipeline import fill, stage
+
+# `--sdm apptainer` runs every rule in the published image; `--sdm conda` in envs/environment.yaml.
+container: f"docker://{IMAGE}"
+conda: "envs/environment.yaml"
 
 configfile: "params.yaml"
 validate(config, "workflow/schemas/params.schema.json")

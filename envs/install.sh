@@ -5,8 +5,9 @@
 #   bash envs/install.sh --test     + test tools and the real services the tests drive (SLURM, munge, chromium)
 #   bash envs/install.sh --cuda     CUDA torch instead of the CPU build (GPU hosts, the CUDA image)
 #
-# NEPA_VENV=PATH puts the environment elsewhere (the image uses /opt/nepa). Idempotent and fast when
-# nothing changed: a stamp of the requirement files' hash skips pip.
+# NEPA_VENV=PATH puts the environment elsewhere (the image uses /opt/nepa); NEPA_EDITABLE=0 installs nepa
+# as a regular package (the image); NEPA_TORCH_INDEX=URL adds an index for torch (the CPU image: PyTorch's
+# CPU wheel index). Idempotent and fast when nothing changed: a stamp of the requirement files' hash skips pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,10 +17,15 @@ for arg in "$@"; do
   case "$arg" in
     --test) with_test=1 ;;
     --cuda) variant=cuda ;;
-    *) echo "install.sh: unknown option $arg (use --test, --cuda)" >&2; exit 2 ;;
+    --cpu) variant=cpu ;;
+    *) echo "install.sh: unknown option $arg (use --test, --cpu, --cuda)" >&2; exit 2 ;;
   esac
 done
 venv=${NEPA_VENV:-.venv}
+editable=(-e)
+[ "${NEPA_EDITABLE:-1}" = 0 ] && editable=()
+torch_index=()
+[ -n "${NEPA_TORCH_INDEX:-}" ] && torch_index=(--extra-index-url "$NEPA_TORCH_INDEX")
 say() { printf '\033[1m[nepa setup]\033[0m %s\n' "$*"; }
 
 # ---- Debian packages ------------------------------------------------------------------------------
@@ -65,9 +71,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
   say "pip install torch==2.13.0 ($variant) and the pinned requirements"
   # torch first: on CPU hosts torch==2.13.0 resolves to the CPU build, which the constraints then hold.
-  "${pip[@]}" torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-  "${pip[@]}" "${constraints[@]}" "${requirements[@]}" 2>&1 | grep -v "^WARNING: Location" || true
-  "${pip[@]}" "${constraints[@]}" --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+  "${pip[@]}" "${torch_index[@]}" torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+  "${pip[@]}" "${torch_index[@]}" "${constraints[@]}" "${requirements[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+  "${pip[@]}" "${constraints[@]}" --no-deps "${editable[@]}" . 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -c "import torch, deepspeed, snakemake, dvc" 2>/dev/null \
     || { echo "nepa setup: pip install failed; see the messages above" >&2; exit 1; }
   echo "$want" >"$stamp"

@@ -25,8 +25,19 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as F
-from PIL import Image
-from timm.data import create_transform
+from PIL import Image, ImageOps
+from timm.data import auto_augment, create_transform
+
+
+def _posterize(image: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize op, where RandAugment's "inc" levels reach 0 bits (magnitude 10, e.g. m9 + mstd0.5
+    noise): a black image, as Pillow < 13 made it; Pillow 13 raises there."""
+    if bits_to_keep >= 8:
+        return image
+    return ImageOps.posterize(image, bits_to_keep) if bits_to_keep > 0 else Image.new(image.mode, image.size)
+
+
+auto_augment.NAME_TO_OP.update(Posterize=_posterize, PosterizeIncreasing=_posterize, PosterizeOriginal=_posterize)
 
 MEAN = STD = (0.5, 0.5, 0.5)  # the official NEPA normalisation, pretraining and fine-tuning alike
 Mean = tuple[float, float, float]

@@ -1,0 +1,184 @@
+"""Checkpoints: atomic, pruned, with everything an exact resume needs.
+
+    checkpoints/
+      step_00000200/
+        mp_rank_00_model_states.pt ...   DeepSpeed: model, optimizer, lr scheduler (torch pickles)
+        ema.safetensors                  the full EMA (rank 0)
+        rng-rank{r}.safetensors          each rank's python/numpy/torch generator states
+        state.json                       step, data position (epoch, batch), wall time, world, run card
+      latest                             the name of the newest complete checkpoint, written last
+
+A checkpoint is written into `.partial/step_N/`, fsynced, then renamed into place; `latest` is replaced
+atomically after the rename. A run killed at any moment leaves `latest` naming a complete checkpoint
+(or absent), and whatever it left half-written or newer than `latest` is removed when the run resumes.
+DeepSpeed's files are torch pickles: they are only ever read from the run's own folder; the files nepa
+reads elsewhere (exported models) are safetensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from deepspeed import DeepSpeedEngine
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import Tensor
+
+from nepa.engine import faults, rng
+from nepa.engine.distributed import DistEnv, barrier
+from nepa.engine.ema import Ema
+from nepa.errors import UserError
+from nepa.models.weights import atomic_save_safetensors
+
+LATEST = "latest"
+PARTIAL = ".partial"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "state.json"
+
+
+@dataclasses.dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch: int = 0  # micro-batches of `epoch` this rank has consumed
+    wall_s: float = 0.0  # training time so far, summed over resumes
+    world: int = 1
+    zero_stage: int = 0
+    resume_key: str = ""  # TrainConfig.resume_key of the run that wrote it
+    card: dict[str, str] = dataclasses.field(default_factory=dict)  # the task's provenance: params hash, data...
+
+
+def tag(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _step_of(path: Path) -> int | None:
+    name = path.name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # directories too: fsync on a folder makes its renames durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def read_state(path: Path) -> TrainState:
+    return TrainState(**json.loads((path / STATE_FILE).read_text()))
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint in `folder`, or None."""
+    pointer = folder / LATEST
+    if not pointer.is_file():
+        return None
+    path = folder / pointer.read_text().strip()
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"{pointer}: names {path.name}, not a complete checkpoint; remove {pointer} to restart")
+    return path
+
+
+class Checkpoints:
+    def __init__(self, folder: Path, keep_last: int, env: DistEnv):
+        self.folder = folder
+        self.keep_last = max(1, keep_last)
+        self.env = env
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.folder)
+
+    def tidy(self) -> None:
+        """Remove what a killed run left: the partial folder and checkpoints newer than `latest` (rank 0)."""
+        if self.env.is_main and self.folder.is_dir():
+            latest = self.latest()
+            newest = _step_of(latest) if latest else -1
+            shutil.rmtree(self.folder / PARTIAL, ignore_errors=True)
+            for path in self.folder.iterdir():
+                if (step := _step_of(path)) is not None and step > newest:
+                    shutil.rmtree(path)
+        barrier()
+
+    def save(self, engine: DeepSpeedEngine, ema: Ema | None, state: TrainState) -> Path:
+        """Write the checkpoint of `state.step`; a collective call (every rank)."""
+        name = tag(state.step)
+        final, partial = self.folder / name, self.folder / PARTIAL
+        if final.is_dir():  # already saved at this step (a resumed run signalled before its first step)
+            return final
+        if self.env.is_main:
+            shutil.rmtree(partial / name, ignore_errors=True)
+            (partial / name).mkdir(parents=True)
+        barrier()
+        engine.save_checkpoint(str(partial), tag=name, save_latest=False)
+        faults.exit_if_armed("NEPA_EXIT_IN_CHECKPOINT", state.step)
+        ema_state = ema.state_dict() if ema is not None else None  # collective under ZeRO-3
+        tensors, meta = rng.capture()
+        atomic_save_safetensors(tensors, partial / name / f"rng-rank{self.env.rank}.safetensors", meta)
+        if self.env.is_main:
+            if ema_state is not None:
+                atomic_save_safetensors(ema_state, partial / name / EMA_FILE, {"step": str(state.step)})
+            (partial / name / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state), indent=2) + "\n")
+        barrier()
+        if self.env.is_main:
+            for path in [*(partial / name).iterdir(), partial / name]:
+                _fsync(path)
+            os.replace(partial / name, final)
+            _atomic_write_text(self.folder / LATEST, name + "\n")  # also fsyncs the folder: the rename is durable
+            self._prune()
+        barrier()
+        return final
+
+    def _prune(self) -> None:
+        steps = sorted((s, p) for p in self.folder.iterdir() if (s := _step_of(p)) is not None)
+        for _, path in steps[: -self.keep_last]:
+            shutil.rmtree(path)
+
+    def load(self, engine: DeepSpeedEngine, ema: Ema | None, path: Path) -> TrainState:
+        """Restore model, optimizer, scheduler, EMA and this rank's generators from `path`."""
+        state = read_state(path)
+        if state.world != self.env.world:
+            raise UserError(
+                f"{path}: written by {state.world} process(es), resumed with {self.env.world}; "
+                f"resume with {state.world}, or start a new run folder"
+            )
+        loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_lr_scheduler_states=True)
+        if loaded is None:
+            raise UserError(f"{path}: DeepSpeed could not load it; remove {self.folder / LATEST} to restart")
+        if ema is not None:
+            ema.load_state_dict(load_file(path / EMA_FILE))
+        rng_file = path / f"rng-rank{self.env.rank}.safetensors"
+        with safe_open(str(rng_file), framework="pt") as f:
+            meta = f.metadata()
+        rng.restore(load_file(rng_file), meta)
+        return state
+
+
+def online_weights(path: Path) -> dict[str, Tensor]:
+    """The online (optimizer's fp32) weights of a checkpoint folder of this run, by the task model's names.
+
+    ZeRO 1-3 keep the fp32 weights partitioned in the optimizer files: zero_to_fp32 merges them (any number
+    of ranks). Stage 0 keeps them whole in the model file. Both are torch pickles of the run's own folder.
+    """
+    if read_state(path).zero_stage:
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
+    else:
+        state = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+    prefix = "model."  # trainer.LossModule holds the task model as `model`
+    return {k.removeprefix(prefix): v.float() for k, v in state.items() if k.startswith(prefix)}

@@ -1,0 +1,79 @@
+"""Rank and world from the environment, and the process group: one code path for every launcher.
+
+- `deepspeed` and `torchrun` set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
+- a SLURM task (srun, submitit) has SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the job script
+  exports MASTER_ADDR (the first node) and optionally MASTER_PORT;
+- with neither, the run is a single process.
+The process group is gloo on CPU and NCCL on GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from nepa.errors import UserError
+
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_environ(environ: Mapping[str, str] = os.environ) -> DistEnv:
+    """This process's place in the job, from the launcher's variables (see the module doc)."""
+    for rank, world, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"), ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if rank in environ and world in environ:
+            return DistEnv(int(environ[rank]), int(environ[world]), int(environ.get(local, environ[rank])))
+    return DistEnv()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(env: DistEnv) -> torch.device:
+    """Join the process group (a group of one without a launcher) and return this process's device."""
+    if env.world > 1 and "MASTER_ADDR" not in os.environ:
+        raise UserError(
+            f"rank {env.rank} of {env.world}: MASTER_ADDR is not set; in a SLURM script export "
+            "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1), or launch with deepspeed/torchrun"
+        )
+    # A lone process picks a free port so that concurrent single-process runs on one host do not collide.
+    port = os.environ.get("MASTER_PORT") or str(DEFAULT_PORT if env.world > 1 else _free_port())
+    os.environ.update(
+        RANK=str(env.rank), WORLD_SIZE=str(env.world), LOCAL_RANK=str(env.local_rank),
+        MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), MASTER_PORT=port,
+    )  # fmt: skip
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(env.local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+    return torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,60 @@
+"""Training metrics: a device-side loss sum read once per logged row, and metrics.csv.
+
+metrics.csv has one row every `log_every` optimizer steps (and at checkpoints): the pretraining loss curve
+of the paper's Fig. 7. A resumed run first drops the rows the killed run wrote after its checkpoint, so the
+file continues without duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "wall_s")
+
+
+class LossMeter:
+    """Sums micro-batch losses without leaving the device, so that a step needs no host sync for them."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), device=device, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, loss: Tensor) -> None:
+        self.total += loss.detach()
+        self.count += 1
+
+    def pop_mean(self) -> float:
+        """Mean over all ranks since the last call, and reset; a collective call (every rank)."""
+        both = torch.stack([self.total, torch.tensor(float(self.count), device=self.total.device, dtype=torch.float64)])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(both)
+        self.total.zero_()
+        self.count = 0
+        total, count = both.tolist()
+        return total / max(count, 1.0)
+
+
+class MetricsLog:
+    """Appends rows to a CSV (rank 0 only); `resume_step` None starts a new file."""
+
+    def __init__(self, path: Path, resume_step: int | None, fields: tuple[str, ...] = FIELDS):
+        self.path, self.fields = path, fields
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None or not path.is_file():
+            pd.DataFrame(columns=list(fields)).to_csv(path, index=False)
+            return
+        rows = pd.read_csv(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        rows[rows["step"] <= resume_step].to_csv(tmp, index=False)
+        os.replace(tmp, path)
+
+    def append(self, row: dict[str, float | int]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)

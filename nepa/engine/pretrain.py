@@ -1,0 +1,108 @@
+"""`nepa pretrain`: NEPA pretraining of `model.size` under `variant` on the prepared ImageNet train split.
+
+Writes {runs}/{run_name}/pretrain/: checkpoints/ (resumed automatically), metrics.csv (the loss curve),
+metrics.json (provenance). Launch with one process, `deepspeed`/`torchrun`, or one SLURM task per GPU;
+exit status: 0 done, 75 preempted and checkpointed (rerun to resume), 3 non-finite loss, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import Tensor
+
+from nepa import models
+from nepa.cli import parse_with_params
+from nepa.config import Params
+from nepa.data.loaders import make_loader, num_batches
+from nepa.engine import distributed, rng
+from nepa.engine.checkpoint import EMA_FILE, latest_checkpoint
+from nepa.engine.trainer import Task, TrainConfig, Trainer
+from nepa.errors import require_file
+from nepa.objectives import Objective, pretrain_loss
+from nepa.provenance import params_hash, sha256_file, write_metrics
+
+# pretrain params that change when and how a run is observed or stopped, not its weights: a run may be
+# resumed with other values (a longer max_steps continues the same trajectory: the schedule spans epochs).
+OPERATIONAL = ("max_steps", "checkpoint_every", "keep_last", "log_every", "num_workers")
+
+
+def stage_folder(params: Params) -> Path:
+    return Path(params.runs) / params.run_name / "pretrain"
+
+
+def train_split(params: Params) -> Path:
+    split = Path(params.data.root) / "shards" / "imagenet" / "train"
+    require_file(
+        split.parent / "manifest.json", "prepared ImageNet shards",
+        "run `nepa prepare embedded && nepa prepare imagenet` (embedded scale) or `nepa prepare imagenet`",
+    )  # fmt: skip
+    return split
+
+
+def resume_key(params: Params, data_sha256: str) -> str:
+    """Digest of what decides the pretrained weights: seed, model, objective, pretrain recipe, data."""
+    dump = params.model_dump(mode="json")
+    decisive = {k: dump[k] for k in ("seed", "model", "objective")}
+    decisive["pretrain"] = {k: v for k, v in dump["pretrain"].items() if k not in OPERATIONAL}
+    return hashlib.sha256(json.dumps([decisive, data_sha256], sort_keys=True).encode()).hexdigest()
+
+
+def images_loss(model: models.NepaViT, batch: tuple[Tensor, Tensor], objective: Objective) -> Tensor:
+    images, _ = batch  # labels are not used: pretraining is self-supervised
+    return pretrain_loss(model, images, objective)
+
+
+def build_model(params: Params) -> models.NepaViT:
+    return models.create(
+        params.model.timm_name, **params.model.architecture(), drop_path=params.pretrain.drop_path,
+        mask_token=params.objective.mask_ratio > 0,  # input-embedding masking (Table 1c) needs the learned token
+    )  # fmt: skip
+
+
+def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    _, params = parse_with_params(parser, argv)
+    split = train_split(params)
+    env = distributed.from_environ()
+    device = distributed.init(env)
+    p = params.pretrain
+    rng.seed_all(params.seed)  # the same initial weights on every rank
+    model = build_model(params)
+    loader: dict[str, Any] = dict(
+        batch_size=p.micro_batch, rank=env.rank, world=env.world, seed=params.seed, num_workers=p.num_workers,
+        verify=params.data.verify_shards, image_size=model.cfg.img_size, crop_scale=p.crop_scale,
+    )  # fmt: skip
+    task = Task(
+        model=model,
+        loss=functools.partial(images_loss, objective=params.objective),
+        batches=lambda epoch, start: make_loader("pretrain", split, epoch=epoch, start_batch=start, **loader),
+        batches_per_epoch=num_batches(split, batch_size=p.micro_batch, world=env.world),
+    )
+    data_sha256 = sha256_file(split.parent / "manifest.json")
+    card = {
+        "model": params.model.timm_name,
+        "nepa_config": json.dumps(dataclasses.asdict(model.cfg)),
+        "data": f"{split} (manifest sha256 {data_sha256[:16]})",
+        "params_sha256": params_hash(params),
+        "variant": params.variant,
+    }
+    folder = stage_folder(params)
+    cfg = TrainConfig.from_section(
+        p, folder=folder, seed=params.seed, name="nepa pretrain", card=card, resume_key=resume_key(params, data_sha256)
+    )
+    status = Trainer(cfg, task, env, device).fit()
+    if status == 0 and env.is_main:
+        last = pd.read_csv(folder / "metrics.csv").iloc[-1]
+        write_metrics(
+            folder, "pretrain", {"final_loss": float(last["loss"]), "steps": int(last["step"])}, params,
+            checkpoint=latest_checkpoint(folder / "checkpoints") / EMA_FILE, seconds=float(last["wall_s"]),
+        )  # fmt: skip
+    distributed.shutdown()
+    return status

@@ -1,0 +1,58 @@
+"""Batch arithmetic and the learning-rate schedule, all counted in optimizer steps.
+
+lr = base_lr * global_batch / 256 (the linear scaling rule of MAE and the paper), linear warm-up, then
+cosine to 0 at the end of `epochs`. An optimizer step never spans two epochs: the micro-batches of an
+epoch that do not fill a last global batch are skipped, as drop_last does for single batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nepa.errors import UserError
+
+
+def peak_lr(base_lr: float, global_batch: int) -> float:
+    return base_lr * global_batch / 256
+
+
+def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
+    """Micro-batches per process and optimizer step; the global batch must be a whole number of them."""
+    per_step = micro_batch * world
+    if global_batch % per_step:
+        raise UserError(
+            f"global_batch {global_batch} is not a multiple of micro_batch {micro_batch} x {world} process(es) "
+            f"= {per_step}; change global_batch or micro_batch so that gradient accumulation is a whole number"
+        )
+    return global_batch // per_step
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Step counts of a run."""
+
+    steps_per_epoch: int
+    total_steps: int  # the schedule's length: `epochs` worth of steps
+    warmup_steps: int
+    stop_step: int  # where this run stops: total_steps, or max_steps if smaller
+
+
+def plan(epochs: float, warmup_epochs: float, max_steps: int | None, batches_per_epoch: int, accumulation: int) -> Plan:
+    steps_per_epoch = batches_per_epoch // accumulation
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"an epoch has {batches_per_epoch} micro-batches per process, fewer than one optimizer step needs "
+            f"({accumulation}); use a smaller global_batch or more data"
+        )
+    total = max(1, round(epochs * steps_per_epoch))
+    stop = total if max_steps is None else min(total, max_steps)
+    return Plan(steps_per_epoch, total, min(total, round(warmup_epochs * steps_per_epoch)), stop)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The lr factor of optimizer step `step` (0-based): (step+1)/warmup during warm-up, then cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -1,0 +1,70 @@
+"""Preemption: SIGTERM, SIGUSR1 or SIGUSR2 -> a checkpoint at the next step boundary, then EXIT_REQUEUE.
+
+Who sends them: SLURM sends SIGTERM when it preempts or cancels a job (SIGKILL follows after its grace
+time), and the signal of `--signal=SIG@SECONDS` ahead of the time limit (submitit asks for USR2 90 s
+before; nepa's SLURM params: launcher.slurm.signal_delay_s); torchrun and the deepspeed launcher pass
+SIGTERM on to their workers. A signal only sets a flag: the step in flight finishes, all ranks agree
+(the flag is max-reduced over a gloo group, a few microseconds of CPU, no GPU sync), the checkpoint is
+written, and the process exits with
+
+EXIT_REQUEUE = 75, sysexits.h's EX_TEMPFAIL ("temporary failure; retry"): the run is checkpointed and
+running the same command again resumes it. A job script requeues on it
+(`[ $? -eq 75 ] && scontrol requeue "$SLURM_JOB_ID"`), as does SLURM's RequeueExit=75; Snakemake's
+--retries and torchrun's --max-restarts resume the same way. It is not 0 because a preempted run has not
+finished: a caller that sees 0 goes on to look for outputs that are not there yet.
+
+submitit 1.5.4 (submitit/core/job_environment.py) requeues from its own handler of its preemption signal
+(USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise): on global rank 0 it calls the job's `checkpoint()`,
+runs `scontrol requeue` and leaves with sys.exit(-1); it reads no exit status, and a job function that
+returns is recorded as finished and not requeued. So the handler that was installed before ours (in a
+submitit job, submitit's) is called once our checkpoint is on disk: submitit's requeue happens after the
+checkpoint is complete instead of racing it, and the requeued job resumes from it.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+EXIT_REQUEUE = 75
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Preemption:
+    """Context manager that records preemption signals while training runs, then restores the old handlers."""
+
+    def __init__(self) -> None:
+        self.received = 0  # the last signal's number, 0 for none
+        self._previous: dict[int, object] = {}
+        self._group = None
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def __enter__(self) -> Preemption:
+        if dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() != "gloo":
+            self._group = dist.new_group(backend="gloo")  # agree on CPU, without touching the GPU stream
+        for sig in PREEMPTION_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def agreed(self) -> int:
+        """The signal any rank received (0 if none): every rank must call this at the same step."""
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            return self.received
+        flag = torch.tensor([self.received])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return int(flag.item())
+
+    def hand_over(self, signum: int) -> None:
+        """After the checkpoint: call the handler that was there before ours (submitit's), if it is a function."""
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, None)

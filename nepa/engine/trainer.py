@@ -1,0 +1,293 @@
+"""The training loop: a task's model, loss and batches in; trained weights, EMA, checkpoints, metrics out.
+
+One optimizer step = `accumulation` micro-batches per process (global_batch = micro_batch x world x
+accumulation). At each step boundary, in this order: NaN guard, EMA update, preemption check (all ranks
+agree), metrics row, checkpoint. `fit()` returns the process exit status:
+
+    0                 done (the last step's checkpoint is written)
+    EXIT_REQUEUE 75   a preemption signal arrived; checkpointed, rerun the same command to resume
+    EXIT_NONFINITE 3  a loss or gradient norm was NaN/Inf; stopped before writing anything of that step
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from nepa.engine import faults, rng
+from nepa.engine.checkpoint import Checkpoints, TrainState, read_state
+from nepa.engine.distributed import DistEnv
+from nepa.engine.ema import Ema
+from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
+from nepa.engine.optim import param_groups
+from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
+from nepa.engine.signals import EXIT_REQUEUE, Preemption
+from nepa.errors import UserError
+
+EXIT_NONFINITE = 3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What the engine needs from a stage's params section (pretrain, finetune, ...)."""
+
+    folder: Path  # the stage's run folder: checkpoints/ and metrics.csv go here
+    epochs: float
+    warmup_epochs: float
+    global_batch: int
+    micro_batch: int
+    base_lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    grad_clip: float | None
+    ema_decay: float | None
+    checkpoint_every: int
+    keep_last: int
+    log_every: int
+    seed: int
+    max_steps: int | None = None
+    zero_stage: int = 2
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    name: str = "nepa"  # how messages start, e.g. "nepa pretrain"
+    card: dict[str, str] = field(default_factory=dict)  # provenance stored in every checkpoint
+    # A digest of everything that decides the weights (params, data); a checkpoint with another is refused.
+    resume_key: str = ""
+
+    @classmethod
+    def from_section(cls, section: BaseModel, **rest: Any) -> TrainConfig:
+        names = {f.name for f in fields(cls)} - set(rest)
+        return cls(**{k: v for k, v in section.model_dump().items() if k in names}, **rest)
+
+
+@dataclass
+class Task:
+    model: nn.Module
+    loss: Callable[[nn.Module, Any], Tensor]  # mean loss of one micro-batch; runs as the engine's forward
+    batches: Callable[[int, int], Iterable[Any]]  # (epoch, start_batch) -> this rank's micro-batches
+    batches_per_epoch: int  # micro-batches per rank per epoch
+    param_groups: list[dict[str, Any]] | None = None  # default: optim.param_groups(model, weight_decay)
+    # A group's lr multiplier over the schedule, (group, progress in [0, 1]) -> scale, for lr scales that
+    # move during training (the fine-tuning layer-decay ramp), on top of a group's fixed `lr_scale`.
+    lr_scale: Callable[[dict[str, Any], float], float] | None = None
+    # Called on every rank at each epoch's end and at the last step, before that step's checkpoint, with
+    # the EMA (or None); returns numbers for that step's metrics row, under the names in `eval_fields`.
+    evaluate: Callable[[Ema | None], dict[str, float]] | None = None
+    eval_fields: tuple[str, ...] = ()
+
+
+class LossModule(nn.Module):
+    """The task's loss as a module's forward. DeepSpeed does its work around `forward` (ZeRO-3 gathers the
+    parameters used inside it, autocast, hooks); the loss may call another method (`forward_pretrain`)."""
+
+    def __init__(self, model: nn.Module, loss: Callable[[nn.Module, Any], Tensor]):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.loss(self.model, batch)
+
+
+def scaled_factor(
+    step: int,
+    factor: Callable[[int], float],
+    lr_scale: Callable[[dict[str, Any], float], float],
+    group: dict[str, Any],
+    total_steps: int,
+) -> float:
+    """One group's lr factor at `step`: the schedule's, times the task's scale for that group at that point."""
+    return factor(step) * lr_scale(group, step / total_steps)
+
+
+def resolve_precision(precision: str) -> str:
+    return ("bf16" if torch.cuda.is_available() else "fp32") if precision == "auto" else precision
+
+
+def deepspeed_config(cfg: TrainConfig, accumulation: int) -> dict[str, Any]:
+    # bf16 is torch autocast over fp32 weights (the official code's HF `bf16=True`), not DeepSpeed's bf16
+    # weights: the optimizer, the EMA and the checkpoints all see fp32 weights at every precision.
+    return {
+        "train_batch_size": cfg.global_batch,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": cfg.grad_clip or 0.0,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "torch_autocast": {"enabled": resolve_precision(cfg.precision) == "bf16", "dtype": "bfloat16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,  # our metrics replace DeepSpeed's periodic prints
+    }
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, task: Task, env: DistEnv, device: torch.device):
+        self.cfg, self.task, self.env, self.device = cfg, task, env, device
+        self.accumulation = accumulation_steps(cfg.global_batch, cfg.micro_batch, env.world)
+        self.plan = plan(cfg.epochs, cfg.warmup_epochs, cfg.max_steps, task.batches_per_epoch, self.accumulation)
+        self.peak_lr = peak_lr(cfg.base_lr, cfg.global_batch)
+        groups = task.param_groups or param_groups(task.model, cfg.weight_decay)
+        for group in groups:
+            group["lr"] = self.peak_lr * group.get("lr_scale", 1.0)
+        optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=cfg.betas)
+        lr_factor = functools.partial(
+            warmup_cosine, warmup_steps=self.plan.warmup_steps, total_steps=self.plan.total_steps
+        )
+        if task.lr_scale is not None:
+            total = self.plan.total_steps
+            lr_factor = [functools.partial(scaled_factor, factor=lr_factor, lr_scale=task.lr_scale, group=group,
+                                           total_steps=total) for group in groups]  # fmt: skip
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        deepspeed.utils.logger.setLevel(logging.WARNING)
+        self.engine, *_ = deepspeed.initialize(
+            model=LossModule(task.model, task.loss), optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, self.accumulation), dist_init_required=False,
+        )  # fmt: skip
+        self.ema = Ema(task.model, cfg.ema_decay) if cfg.ema_decay else None  # after ZeRO-3 partitioned it
+        self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env)
+
+    def _say(self, message: str) -> None:
+        if self.env.is_main:
+            print(f"{self.cfg.name}: {message}", file=sys.stderr, flush=True)
+
+    def _start(self) -> TrainState:
+        """A fresh state, or the latest checkpoint's with everything restored."""
+        self.checkpoints.tidy()
+        latest = self.checkpoints.latest()
+        if latest is None:
+            rng.seed_all(self.cfg.seed + self.env.rank)  # each rank its own stream for masks, drop path...
+            return TrainState(
+                world=self.env.world, zero_stage=self.cfg.zero_stage, resume_key=self.cfg.resume_key,
+                card=dict(self.cfg.card),
+            )  # fmt: skip
+        if (key := read_state(latest).resume_key) != self.cfg.resume_key:
+            raise UserError(
+                f"{latest}: written with other params or data (key {key[:12]}, now {self.cfg.resume_key[:12]}); "
+                f"restore them, or remove {self.checkpoints.folder} to start over"
+            )
+        state = self.checkpoints.load(self.engine, self.ema, latest)
+        state.card = dict(self.cfg.card)  # what changed (if anything) does not change the weights
+        self._say(f"resuming from {latest} (step {state.step})")
+        return state
+
+    def _epoch_batches(self, state: TrainState) -> Iterator[Any]:
+        """This rank's micro-batches from the state's data position, to the end of its epoch.
+
+        The loader gets its randomness from (seed, epoch, index); building and reading it must not move
+        the global generators the model draws from, or a resumed run (which builds its loader at another
+        moment) would draw differently. fork_rng keeps the loader's draws (DataLoader's base seed, any
+        in-process augmentation) off them.
+        """
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(self.task.batches(state.epoch, state.batch))
+        while True:
+            with torch.random.fork_rng(devices=[]):
+                batch = next(iterator, None)
+            if batch is None:
+                return
+            yield batch
+
+    def _unreduced_grad_norm(self) -> Tensor:
+        """Stage 0 with a torch optimizer: DeepSpeed clips but keeps no norm, so take it before its step."""
+        return torch.nn.utils.get_total_norm([p.grad for p in self.engine.module.parameters() if p.grad is not None])
+
+    def _stop_nonfinite(self, step: int, loss: Tensor, grad_norm: float) -> int:
+        latest = self.checkpoints.latest()
+        self._say(
+            f"stopped at step {step}: non-finite loss ({loss.item()}) or gradient norm ({grad_norm}); "
+            f"nothing of this step was saved, the last good checkpoint is {latest or 'none'} (exit {EXIT_NONFINITE})"
+        )
+        return EXIT_NONFINITE
+
+    def fit(self) -> int:
+        cfg, plan_, engine = self.cfg, self.plan, self.engine
+        state = self._start()
+        metrics = None
+        if self.env.is_main:
+            metrics = MetricsLog(cfg.folder / "metrics.csv", state.step or None, FIELDS + self.task.eval_fields)
+        meter = LossMeter(self.device)
+        bar = tqdm(
+            total=plan_.stop_step, initial=state.step, disable=not self.env.is_main, desc=cfg.name,
+            dynamic_ncols=True, mininterval=1.0,
+        )  # fmt: skip
+        batches: Iterator[Any] | None = None
+        stage0 = engine.zero_optimization_stage() == 0
+        wall0, t0 = state.wall_s, time.perf_counter()
+        t_row, steps_in_row = t0, 0
+        with Preemption() as preemption, bar:
+            while state.step < plan_.stop_step:
+                if batches is None:
+                    batches = self._epoch_batches(state)
+                for _ in range(self.accumulation):
+                    loss = engine(to_device(next(batches), self.device))
+                    if faults.armed("NEPA_INJECT_NAN_AT_STEP", state.step + 1):
+                        loss = loss * float("nan")
+                    engine.backward(loss)
+                    if stage0 and engine.is_gradient_accumulation_boundary():
+                        stage0_norm = self._unreduced_grad_norm()
+                    engine.step()
+                    meter.add(loss)
+                # ZeRO 1-3: DeepSpeed's norm, already synced by its own overflow check
+                grad_norm = float(stage0_norm if stage0 else engine.get_global_grad_norm())
+                lr = self.peak_lr * warmup_cosine(state.step, plan_.warmup_steps, plan_.total_steps)
+                state.step += 1
+                state.batch += self.accumulation
+                if state.batch == plan_.steps_per_epoch * self.accumulation:
+                    state.epoch, state.batch, batches = state.epoch + 1, 0, None
+                if not math.isfinite(grad_norm):
+                    return self._stop_nonfinite(state.step, loss, grad_norm)
+                if self.ema is not None:
+                    self.ema.update()
+                steps_in_row += 1
+                bar.update(1)
+
+                signum = preemption.agreed()
+                checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == plan_.stop_step or signum
+                eval_due = self.task.evaluate is not None and (state.batch == 0 or state.step == plan_.stop_step)
+                if state.step % cfg.log_every == 0 or checkpoint_due or eval_due:
+                    mean_loss = meter.pop_mean()
+                    if not math.isfinite(mean_loss):
+                        return self._stop_nonfinite(state.step, torch.tensor(mean_loss), grad_norm)
+                    now = time.perf_counter()
+                    state.wall_s = wall0 + now - t0
+                    speed = cfg.global_batch * steps_in_row / (now - t_row)
+                    row = dict(
+                        step=state.step, epoch=state.step / plan_.steps_per_epoch, loss=mean_loss, lr=lr,
+                        grad_norm=grad_norm, images_per_s=speed, wall_s=state.wall_s,
+                    )  # fmt: skip
+                    if eval_due:
+                        row |= self.task.evaluate(self.ema)
+                        now = time.perf_counter()  # the next row's speed leaves the evaluation out
+                    if metrics is not None:
+                        metrics.append(row)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
+                    t_row, steps_in_row = now, 0
+                faults.exit_if_armed("NEPA_EXIT_AT_STEP", state.step)
+                if checkpoint_due:
+                    path = self.checkpoints.save(engine, self.ema, state)
+                if signum:
+                    self._say(f"signal {signum} at step {state.step}: checkpointed {path}, exiting {EXIT_REQUEUE}")
+                    preemption.hand_over(signum)
+                    return EXIT_REQUEUE
+        return 0

@@ -39,12 +39,26 @@ def add_params_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", help="ablation variant from nepa/presets.py (default: params)")
 
 
+class RunOnCluster(BaseException):  # like SystemExit, not an error: a verb's `except Exception` lets it pass
+    """The verb runs as a SLURM job, not here (params.launcher.kind); main() submits it and waits."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+
 def parse_with_params(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, Params]:
-    """Parse a verb's arguments (its own plus the params ones) and resolve its params."""
+    """Parse a verb's arguments (its own plus the params ones) and resolve its params.
+
+    Every stage verb starts here, so this is where `launcher.kind: submitit` takes over: once the arguments are
+    checked and the params resolved, RunOnCluster stops the verb and main() runs its command line on SLURM.
+    """
     add_params_args(parser)
     args = parser.parse_args(argv)
     overrides = [*args.overrides, *([f"variant={args.variant}"] if args.variant else [])]
-    return args, load_params(args.params, tuple(overrides), size=args.size)
+    params = load_params(args.params, tuple(overrides), size=args.size)
+    if params.launcher.kind != "local":
+        raise RunOnCluster(params)
+    return args, params
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -77,11 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nepa {verb}: not available in this version yet (see the open issues)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return run(subparsers[verb], rest)
+        try:
+            return run(subparsers[verb], rest)
+        except RunOnCluster as dispatch:
+            from nepa.launch import run_on_cluster  # submitit is loaded only where a verb is sent to SLURM
+
+            return run_on_cluster(verb, rest, dispatch.params)
     except UserError as e:
         print(f"nepa {verb}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m nepa.cli` (how a SLURM job runs a verb) loads this file twice, as __main__ and as nepa.cli,
+    # which the verbs import; run nepa.cli's main so that it catches nepa.cli's RunOnCluster.
+    from nepa.cli import main as nepa_main
+
+    sys.exit(nepa_main())

@@ -1,0 +1,230 @@
+"""`launcher.kind: submitit`: a stage verb submits its own command line as a SLURM job and waits for it.
+
+Outside (the shell, Snakemake, DVC): `nepa VERB ARGS` resolves its params, then `run_on_cluster` submits
+`python -m nepa.cli VERB ARGS --set launcher.kind=local` through submitit with the stage's resources
+(params.launcher.resources(VERB)), prints the job id and log paths, streams task 0's log, and exits with the
+job's status, so a workflow sees the job's success or failure as the verb's own.
+
+Inside: every SLURM task (one per GPU, or launcher.processes per node on CPU) runs a `StageTask`, which sets
+the torch/DeepSpeed rendezvous (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) from submitit's job
+environment and runs the verb as a child process. On preemption or near the time limit SLURM signals the
+whole step (submitit's USR2): the verb saves its checkpoint and exits, submitit requeues the job, and the
+requeued job runs the same command, which resumes from the checkpoint. The same path runs 1 CPU task or
+N nodes x G GPUs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+import submitit
+from submitit.core.utils import FailedJobError, UncompletedJobError
+
+from nepa.errors import UserError
+
+if TYPE_CHECKING:  # a SLURM task unpickles StageTask from here: it need not load nepa.config's torch
+    from nepa.config import LauncherParams, Params
+
+# squeue states after which the job may still run (anything else, or no answer: it has ended).
+ACTIVE_STATES = frozenset(
+    {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"}
+    | {"RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+)
+RESULT_GRACE_S = 10  # results written just before the job ended may show late on a shared file system
+MAX_POLL_S = 30  # the longest pause between two squeue calls: slurmctld serves every waiting stage
+
+
+def sbatch_parameters(verb: str, launcher: LauncherParams) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters of one stage's job."""
+    r = launcher.resources(verb)
+    return dict(
+        job_name=f"nepa-{verb}",
+        partition=r.partition,
+        account=r.account,
+        qos=r.qos,
+        constraint=r.constraint,
+        nodes=r.nodes,
+        ntasks_per_node=r.gpus_per_node or launcher.processes,  # one task per GPU, as DeepSpeed expects
+        gpus_per_node=r.gpus_per_node or None,
+        cpus_per_task=r.cpus_per_task,
+        mem=f"{r.mem_gb}GB",
+        time=r.time_min,
+        signal_delay_s=r.signal_delay_s,
+        srun_args=list(r.srun_args),
+        # submitit logs its INFO lines to stdout: keep the stage's stdout its own (warnings still go to stderr)
+        setup=["export SUBMITIT_LOG_LEVEL=${SUBMITIT_LOG_LEVEL:-WARNING}", *r.setup],
+        additional_parameters=dict(r.extra_sbatch),
+    )
+
+
+def executor(verb: str, launcher: LauncherParams) -> submitit.SlurmExecutor:
+    r = launcher.resources(verb)
+    try:
+        ex = submitit.SlurmExecutor(
+            folder=Path(launcher.folder) / verb / "%j", max_num_timeout=r.max_timeouts, python=r.python
+        )
+    except RuntimeError as e:  # no srun on PATH
+        raise UserError(f"launcher.kind is submitit but this machine has no SLURM client ({e})") from None
+    ex.update_parameters(**sbatch_parameters(verb, launcher))
+    return ex
+
+
+class StageTask(submitit.helpers.Checkpointable):
+    """One SLURM task of a stage: `python -m nepa.cli VERB ARGS` as a child process, with this task's rank.
+
+    A child process, not a call: the verb installs its own signal handlers (save on SIGTERM/USR1/USR2) and
+    may exit, while submitit's handlers here decide about the requeue and record the result.
+    """
+
+    _child: subprocess.Popen | None = None  # the running verb (not pickled: checkpoint() returns a fresh task)
+
+    def __init__(self, args: list[str], cwd: str) -> None:
+        self.args, self.cwd = args, cwd
+
+    def __call__(self) -> int:
+        # torchrun's variables from SLURM's (task 0's node, a port from the job id); each task keeps every
+        # GPU of its node visible and picks its own with LOCAL_RANK, as under torchrun or `deepspeed`.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        interrupted = _record_interruptions()
+        self._child = subprocess.Popen([sys.executable, "-m", "nepa.cli", *self.args], cwd=self.cwd)
+        status = self._child.wait()
+        if interrupted:
+            # SLURM is requeueing or cancelling the job: the outcome is the requeued run's (or SLURM's), so
+            # leave no result behind for the waiting verb to take as final.
+            raise SystemExit(status)
+        return status if status >= 0 else 128 - status  # killed by a signal: the shell's convention
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        # submitit calls this on task 0 at the preemption/time-limit signal and requeues the job as soon as it
+        # returns. SLURM signalled the verb too: let it finish saving first. WNOWAIT leaves the child unreaped
+        # for the Popen.wait() that this signal interrupted.
+        if self._child is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PID, self._child.pid, os.WEXITED | os.WNOWAIT)
+        return submitit.helpers.DelayedSubmission(StageTask(self.args, self.cwd))
+
+
+def _record_interruptions() -> list[int]:
+    """Note SIGTERM and submitit's preemption signal (then let submitit's handlers act on them)."""
+    seen: list[int] = []
+    for sig in (signal.SIGTERM, signal.Signals[f"SIG{submitit.JobEnvironment.USR_SIG}"]):
+        previous = signal.getsignal(sig)
+
+        def record(signum: int, frame: Any, previous: Any = previous) -> None:
+            seen.append(signum)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, record)
+    return seen
+
+
+@contextlib.contextmanager
+def _outside_any_job() -> Iterator[None]:
+    """Submitted from inside a SLURM job (Snakemake's slurm executor), a job would inherit that job's
+    allocation variables; submitit's clean_env drops them, but where the cluster's config is must stay."""
+    conf = os.environ.get("SLURM_CONF")
+    with submitit.helpers.clean_env():
+        if conf:
+            os.environ["SLURM_CONF"] = conf
+        yield
+
+
+def queue_state(job_id: str) -> str:
+    """The job's state from squeue ('' once SLURM forgot it): works with and without accounting (sacct)."""
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+class _Tail:
+    """Copies what a log file gains to one of our streams."""
+
+    def __init__(self, path: Path, out: TextIO) -> None:
+        self.path, self.out, self.offset = path, out, 0
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def pump(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        if data:
+            self.offset += len(data)
+            self.out.write(self.decoder.decode(data))
+            self.out.flush()
+
+
+def follow(verb: str, job: submitit.Job) -> str | None:
+    """Stream task 0's logs until every task has left a result (None) or the job has ended without."""
+    tails = [_Tail(job.paths.stdout, sys.stdout), _Tail(job.paths.stderr, sys.stderr)]
+    results = [job.task(i).paths.result_pickle for i in range(job.num_tasks)]
+    state, ended_at, poll_s, next_poll = "", None, 1.0, 0.0
+    while True:
+        for tail in tails:
+            tail.pump()
+        if all(p.exists() for p in results):
+            return None  # the tasks' output came before their results: it is all copied
+        now = time.monotonic()
+        if now >= next_poll:
+            new = queue_state(job.job_id)
+            if new != state and new:
+                print(f"nepa {verb}: SLURM job {job.job_id} {new}", file=sys.stderr, flush=True)
+            state = new
+            if state in ACTIVE_STATES:
+                ended_at = None
+            elif ended_at is None:
+                ended_at = now
+            elif now - ended_at >= RESULT_GRACE_S:
+                return state or "gone from the queue"
+            poll_s = min(poll_s * 2, MAX_POLL_S)
+            next_poll = now + (1 if ended_at else poll_s)
+        time.sleep(1)
+
+
+def run_on_cluster(verb: str, argv: list[str], params: Params) -> int:
+    """Run `nepa VERB ARGV` as a SLURM job; its exit status (the first non-zero task's), or 1 if it never ended."""
+    ex = executor(verb, params.launcher)
+    task = StageTask([verb, *argv, "--set", "launcher.kind=local"], os.getcwd())
+    try:
+        with _outside_any_job():
+            job = ex.submit(task)
+    except FailedJobError as e:  # sbatch's own message (submitit has printed it as is, too)
+        message = "; ".join(str(e).strip().splitlines())
+        raise UserError(f"sbatch refused the {verb} job: {message}") from None
+    log = job.paths.stderr
+    print(
+        f"nepa {verb}: submitted SLURM job {job.job_id} ({ex.parameters['nodes']} node(s) x "
+        f"{ex.parameters['ntasks_per_node']} task(s)); logs: {job.paths.stdout} {log}",
+        file=sys.stderr,
+        flush=True,
+    )
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # Snakemake cancels with SIGTERM
+    try:
+        ended = follow(verb, job)
+    except KeyboardInterrupt:
+        job.cancel(check=False)  # the stage must not run on, unwatched, beside a rerun of the workflow
+        print(f"nepa {verb}: interrupted; cancelled SLURM job {job.job_id}; log: {log}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if ended is not None:
+        print(f"nepa {verb}: SLURM job {job.job_id} ended ({ended}) without finishing; log: {log}", file=sys.stderr)
+        return 1
+    try:
+        status = next((s for s in job.results() if s), 0)
+    except (FailedJobError, UncompletedJobError):  # the task itself raised (its traceback is in the log above)
+        status = 1
+    if status:
+        print(f"nepa {verb}: SLURM job {job.job_id} failed (exit status {status}); log: {log}", file=sys.stderr)
+    return status

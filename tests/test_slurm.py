@@ -1,0 +1,180 @@
+"""Stages on SLURM through submitit (nepa/launch.py): on a real one-node cluster (tests/slurm_cluster.py,
+the `slurm` fixture) where it counts, with a stand-in sbatch where only the generated job script matters."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nepa import launch
+from nepa.config import load_params
+from nepa.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the one-node test cluster (2 CPUs) can hold, with the launcher on.
+SUBMITIT = ["--set", "launcher.kind=submitit", "--set", "launcher.slurm.cpus_per_task=1",
+            "--set", "launcher.slurm.mem_gb=1"]  # fmt: skip
+SMALL_DATA = ["--set", "data.embedded_images=[2000,500]", "--set", "data.embedded_scenes=[40,20]"]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A run folder holding the repository's params.yaml, as the current directory."""
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEPA_LAUNCHER", raising=False)
+    return tmp_path
+
+
+def nepa(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`nepa ARGS` as Snakemake or DVC runs it: its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "nepa.cli", *args], capture_output=True, text=True, timeout=timeout
+    )  # fmt: skip
+
+
+def submitted(stderr: str) -> tuple[str, Path, Path]:
+    """The job id and log paths that the verb prints as it submits."""
+    m = re.search(r"submitted SLURM job (\d+) .*; logs: (\S+) (\S+)", stderr)
+    assert m, stderr
+    return m[1], Path(m[2]), Path(m[3])
+
+
+def wait_for(ready, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
+        time.sleep(0.5)
+
+
+# ---- without a cluster ------------------------------------------------------------------------
+
+
+def test_nepa_launcher_environment_variable_is_a_params_layer(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_params().launcher.kind == "local"
+    monkeypatch.setenv("NEPA_LAUNCHER", "submitit")
+    assert load_params().launcher.kind == "submitit"
+    # --set is the last layer: how a job runs its verb here although it inherited NEPA_LAUNCHER
+    assert load_params(overrides=("launcher.kind=local",)).launcher.kind == "local"
+    monkeypatch.setenv("NEPA_LAUNCHER", "slurm")
+    with pytest.raises(UserError, match="NEPA_LAUNCHER='slurm': expected one of local, submitit"):
+        load_params()
+
+
+def test_bad_params_fail_before_any_job_is_submitted(workdir: Path) -> None:
+    out = nepa("params", *SUBMITIT, "--set", "pretrain.epochs=x")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "nepa params: error: params.yaml: pretrain.epochs: Input should be a valid number (got 'x')"
+    )  # fmt: skip
+    assert not (workdir / "runs").exists()
+
+
+def test_stage_resources_reach_the_job_script_two_nodes_of_eight_gpus(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The multi-node path is the single-node one with other numbers: submitit's own job script for
+    2 nodes x 8 GPUs, written by its executor (a stand-in sbatch accepts it)."""
+    bin_dir = workdir / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", "echo Submitted batch job 4242"), ("srun", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    (workdir / "params.yaml").write_text(
+        "launcher:\n  kind: submitit\n"
+        "  slurm: {partition: h100, account: nepa, cpus_per_task: 16, mem_gb: 900, time_min: 240,\n"
+        "          srun_args: [--container-image=nepa.sqsh]}\n"
+        "  stages:\n    pretrain: {nodes: 2, gpus_per_node: 8, time_min: 2880}\n"
+    )
+    launcher = load_params().launcher
+    job = launch.executor("pretrain", launcher).submit(launch.StageTask(["pretrain"], str(workdir)))
+    script = job.paths.submission_file.read_text()
+    for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=16", "--mem=900GB"):
+        assert f"#SBATCH {line}\n" in script
+    for line in ("--partition=h100", "--account=nepa", "--time=2880", "--signal=USR2@120", "--job-name=nepa-pretrain"):
+        assert f"#SBATCH {line}\n" in script
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--container-image=nepa.sqsh" in srun
+    assert job.paths.folder == workdir / "runs/slurm/pretrain/4242"
+    # a stage without an entry gets launcher.slurm: one CPU task, no GPU
+    other = launch.sbatch_parameters("finetune", launcher)
+    assert (other["nodes"], other["ntasks_per_node"], other["gpus_per_node"], other["time"]) == (1, 1, None, 240)
+
+
+# ---- on the local cluster ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_stage_runs_as_a_slurm_job_and_streams_its_output(slurm, workdir: Path) -> None:
+    start = time.monotonic()
+    out = nepa("params", *SUBMITIT)
+    assert out.returncode == 0, out.stderr
+    job_id, stdout_log, stderr_log = submitted(out.stderr)
+    # the verb's stdout, from inside the job, is this process's: the job ran it with the launcher forced local
+    assert yaml.safe_load(out.stdout)["launcher"]["kind"] == "local"
+    assert stdout_log == workdir / f"runs/slurm/params/{job_id}/{job_id}_0_log.out" and stderr_log.exists()
+    assert f"SLURM job {job_id} RUNNING" in out.stderr
+    print(f"nepa params through SLURM: {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.slow
+def test_stage_outputs_exist_after_the_job(slurm, workdir: Path) -> None:
+    out = nepa("prepare", "embedded", *SUBMITIT, *SMALL_DATA)
+    assert out.returncode == 0, out.stderr
+    assert len(list((workdir / "data/raw/imagenet/train").glob("*/*.JPEG"))) == 2000
+    assert len(list((workdir / "data/raw/ADEChallengeData2016/annotations/validation").glob("*.png"))) == 20
+
+
+@pytest.mark.slow
+def test_failing_stage_exits_non_zero_and_names_its_log(slurm, workdir: Path) -> None:
+    out = nepa("prepare", "imagenet", "--src", str(workdir / "missing"), *SUBMITIT)
+    assert out.returncode == 2  # the verb's own status (a UserError), from inside the job
+    job_id, _, stderr_log = submitted(out.stderr)
+    last = out.stderr.rstrip().splitlines()[-1]
+    assert last == f"nepa prepare: SLURM job {job_id} failed (exit status 2); log: {stderr_log}"
+    assert "missing" in stderr_log.read_text()  # the verb's error line is in the log, and was streamed here
+    assert "missing" in out.stderr
+
+
+@pytest.mark.slow
+def test_job_that_dies_outside_the_verb_is_a_failure(slurm, workdir: Path) -> None:
+    """A job that never leaves a result (here: a container command that does not exist) fails the verb."""
+    out = nepa("params", *SUBMITIT, "--set", "launcher.slurm.python=/no/such/python")
+    assert out.returncode == 1
+    job_id, _, stderr_log = submitted(out.stderr)
+    last = out.stderr.rstrip().splitlines()[-1]
+    assert last == f"nepa params: SLURM job {job_id} ended (FAILED) without finishing; log: {stderr_log}"
+
+
+@pytest.mark.slow
+def test_preempted_stage_is_requeued_and_completes(slurm, workdir: Path) -> None:
+    """USR2 (what SLURM sends before the time limit, and at preemption with send_user_signal) to a running
+    stage: submitit requeues the job, the waiting verb follows the requeued run and exits 0 when it is done.
+    `nepa prepare` keeps no partial work, so the requeued run starts it again."""
+    log = workdir / "outer.err"
+    args = ["prepare", "embedded", *SUBMITIT, "--set", "data.embedded_images=[20000,2000]"]
+    with log.open("w") as err:
+        outer = subprocess.Popen([sys.executable, "-m", "nepa.cli", *args], stderr=err)
+    try:
+        wait_for(lambda: "logs:" in log.read_text(), 60, "submission")
+        job_id, _, stderr_log = submitted(log.read_text())
+        wait_for(lambda: stderr_log.exists() and "embedded imagenet" in stderr_log.read_text(), 120, "progress")
+        slurm.cmd("scancel", "--signal", "USR2", job_id)
+        slurm.release(job_id)
+        assert outer.wait(timeout=300) == 0, log.read_text()
+    finally:
+        outer.kill()
+    text = log.read_text()
+    # submitit's handler and SLURM, in the job log that the verb streamed
+    assert "this job is preempted" in text and f"JOB {job_id} ON {slurm.node} CANCELLED" in text
+    assert "DUE TO JOB REQUEUE" in text
+    assert len(list((workdir / "data/raw/imagenet/val").glob("*/*.JPEG"))) == 2000

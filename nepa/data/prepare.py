@@ -26,7 +26,10 @@ RAW = {"imagenet": "imagenet", "ade20k": "ADEChallengeData2016"}  # folder names
 
 def default_src(dataset: str, params: Params) -> Path:
     if params.scale == "embedded":
-        return Path(params.data.root) / "raw" / RAW[dataset]
+        src = Path(params.data.root) / "raw" / RAW[dataset]
+        if not src.is_dir():
+            raise UserError(f"{src}: not found; run `nepa prepare embedded` first (it writes the embedded raw layouts)")
+        return src
     src = params.data.imagenet_src if dataset == "imagenet" else params.data.ade20k_src
     if src is None:
         raise UserError(f"scale is full but data.{dataset}_src is not set; point it at the dataset or pass --src")

@@ -7,7 +7,7 @@ How many (data.images_per_shard = 1000):
   ImageNet-1K  train 1,281,167 images -> 1282 shards of ~110 MB (the train JPEGs average ~110 KB)
                val 50,000 -> 50 shards of ~130 MB
   ADE20K       training 20,210 pairs -> 21 shards of ~40 MB; validation 2,000 -> 2 shards
-  embedded     imagenet train 60,000 -> 60 shards of ~1.3 MB, val 10,000 -> 10; ade20k 2000 + 500 scenes -> 2 + 1
+  embedded     imagenet train 60,000 -> 60 shards of ~1.5 MB, val 10,000 -> 10; ade20k 2000 + 500 scenes -> 2 + 1
 ~100 MB shards make per-file costs vanish, while a shard is still seconds of work for one writer (a resume
 loses little), fits in a writer's memory, and 1282 of them spread evenly over any number of processes.
 
@@ -17,8 +17,9 @@ Layout under {data.root}/shards/:
   <dataset>/manifest.json                           rows per split and shard, sha256 of every shard, class map,
                                                     re-encode setting, skipped files
 Rows follow the sorted source paths; the loaders shuffle. Every row group holds one row, so a loader reads a
-random sample by reading its bytes only (the global per-epoch permutation needs random access); no Parquet
-compression, as JPEG and PNG bytes are compressed already. ImageNet labels index the sorted train/ synset
+random sample by reading its bytes only (the global per-epoch permutation needs random access); the cost
+is ~170 bytes of footer per row (0.2% of an ImageNet shard). No Parquet compression: JPEG and PNG bytes are
+compressed already. ImageNet labels index the sorted train/ synset
 folders (torchvision's ImageFolder order, which is ImageNet's standard class order).
 
 Checks: every image is decoded (JPEG at 1/8 scale, which still reads all its data, so truncation shows) and
@@ -26,10 +27,10 @@ every mask must be a mode L/P PNG of its image's size. A bad file, an empty clas
 annotation stops the run with one line naming it, or with data.skip_bad (--skip-bad) is left out and recorded
 in the manifest.
 
-Resume: each shard carries in its Parquet metadata a fingerprint of what it holds (source paths, sizes,
-labels, re-encode setting). A re-run keeps the shards whose fingerprint matches and writes the others, each
-to a temporary name renamed into place when whole; manifest.json is removed before any shard is rewritten
-and written last, so one exists only beside a complete, matching set of shards.
+Resume: each shard carries in its Parquet metadata a fingerprint of what it holds (source paths, sizes and
+modification times, labels, re-encode setting). A re-run keeps the shards whose fingerprint matches and
+writes the others, each to a temporary name renamed into place when whole; manifest.json is removed before
+any shard is rewritten and written last, so one exists only beside a complete, matching set of shards.
 
 Re-encoding (data.reencode_max_side / --reencode-max-side, off by default): images whose long side exceeds
 N are shrunk to N (bicubic) and stored as JPEG quality REENCODE_QUALITY, masks resized to match (nearest);
@@ -67,7 +68,7 @@ class Item(NamedTuple):
 
     key: str  # path relative to the source folder
     image: str
-    size: int  # bytes of image + mask, part of the fingerprint
+    stamp: tuple[int, ...]  # (size, mtime_ns) of the image (and mask): part of the fingerprint
     label: int | None = None
     mask: str | None = None
 
@@ -102,6 +103,12 @@ class Plan:
 def _images(folder: Path) -> list[os.DirEntry[str]]:
     return sorted((e for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
                   key=lambda e: e.name)  # fmt: skip
+
+
+def _stamp(path: os.DirEntry[str] | Path) -> tuple[int, int]:
+    """Size and modification time: a source file that changes makes its shard be written again."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -144,7 +151,7 @@ def scan_imagenet(src: Path, skip_bad: bool) -> Plan:
             files = _images(src / split / wnid)
             if not files:
                 problems.report(src / split / wnid, "empty class folder", "restore its images or remove the folder")
-            items += [Item(f"{split}/{wnid}/{e.name}", e.path, e.stat().st_size, label=index[wnid]) for e in files]
+            items += [Item(f"{split}/{wnid}/{e.name}", e.path, _stamp(e), label=index[wnid]) for e in files]
         plan.splits[split], plan.problems[split] = items, problems
     return plan
 
@@ -174,7 +181,7 @@ def scan_ade20k(src: Path, skip_bad: bool) -> Plan:
             if not mask.is_file():
                 problems.report(mask, f"missing annotation of {e.path}", "restore it or remove the image")
                 continue
-            items.append(Item(f"{split}/{e.name}", e.path, e.stat().st_size + mask.stat().st_size, mask=str(mask)))
+            items.append(Item(f"{split}/{e.name}", e.path, _stamp(e) + _stamp(mask), mask=str(mask)))
         plan.splits[split], plan.problems[split] = items, problems
     return plan
 
@@ -285,7 +292,7 @@ def current_fingerprint(path: Path) -> str | None:
 
 
 def fingerprint(items: list[Item], max_side: int | None) -> str:
-    spec = [FORMAT, max_side, [(i.key, i.size, i.label, i.mask is not None) for i in items]]
+    spec = [FORMAT, max_side, [(i.key, i.stamp, i.label, i.mask is not None) for i in items]]
     return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
 

@@ -176,6 +176,7 @@ def test_reencode_is_applied_and_recorded(prepared: Path, tmp_path: Path) -> Non
     row = pq.read_table(root / "data/shards/ade20k" / m["splits"]["training"]["shards"][0]["file"]).slice(0, 1)
     image, mask = (Image.open(io.BytesIO(row[c][0].as_py())) for c in ("image", "mask"))
     assert image.size == mask.size == (48, 48) and mask.mode == "L"
+    assert set(np.unique(np.asarray(mask))) <= set(range(11))  # nearest: labels are not blended
 
 
 # ---- bad input: one line naming the file, exit 2, nothing lost; --skip-bad records it ------------------

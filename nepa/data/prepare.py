@@ -54,7 +54,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
             args.src or default_src(args.dataset, params),
             Path(d.root) / "shards" / args.dataset,
             images_per_shard=d.images_per_shard,
-            max_side=args.reencode_max_side or d.reencode_max_side,
+            max_side=d.reencode_max_side if args.reencode_max_side is None else args.reencode_max_side,
             skip_bad=args.skip_bad or d.skip_bad,
             workers=d.workers,
         )

@@ -135,11 +135,8 @@ def scan_imagenet(src: Path, skip_bad: bool) -> Plan:
     if not wnids:
         raise UserError(f"{src / 'train'}: no class folders; ImageNet train/ holds one folder per synset")
     index = {w: k for k, w in enumerate(wnids)}
-    plan = Plan("imagenet", src, [], {}, {})
-    plan.classes = [
-        {"index": k, "id": w, "name": n}
-        for k, (w, n) in enumerate(zip(wnids, _imagenet_names(src, wnids), strict=True))
-    ]
+    names = _imagenet_names(src, wnids)
+    plan = Plan("imagenet", src, [{"index": k, "id": w, "name": names[k]} for w, k in index.items()], {}, {})
     for split in SPLITS["imagenet"]:
         problems, items = Problems(skip_bad), []
         folders = sorted(e.name for e in os.scandir(src / split) if e.is_dir())
@@ -190,6 +187,8 @@ def scan_ade20k(src: Path, skip_bad: bool) -> Plan:
 
 
 class BadFile(Exception):
+    """An unusable source file, turned into a UserError or a skipped entry by Problems.report."""
+
     def __init__(self, path: str, reason: str, fix: str) -> None:
         super().__init__(path, reason, fix)
         self.path, self.reason, self.fix = path, reason, fix
@@ -207,10 +206,10 @@ def _check(path: str, data: bytes) -> tuple[Image.Image, tuple[int, int]]:
     return image, size
 
 
-def _shrink(data: bytes, max_side: int, fmt: str, resample: Image.Resampling, mode: str | None = None) -> bytes:
+def _resize(data: bytes, size: tuple[int, int], fmt: str, resample: Image.Resampling) -> bytes:
+    """Re-encode at `size`: JPEG as RGB, a PNG mask in its own mode (nearest, so labels stay labels)."""
     image = Image.open(io.BytesIO(data))
-    image = image.convert(mode or ("RGB" if fmt == "JPEG" else image.mode))
-    image.thumbnail((max_side, max_side), resample)
+    image = (image.convert("RGB") if fmt == "JPEG" else image).resize(size, resample)
     out = io.BytesIO()
     image.save(out, fmt, **({"quality": REENCODE_QUALITY} if fmt == "JPEG" else {}))
     return out.getvalue()
@@ -234,9 +233,11 @@ def read_item(item: Item, max_side: int | None) -> dict[str, object]:
                           f"{size[0]}x{size[1]}", "re-export it at the image's size")  # fmt: skip
         row["mask"] = mask
     if max_side is not None and max(size) > max_side:
-        row["image"] = _shrink(data, max_side, "JPEG", Image.Resampling.BICUBIC)
+        scale = max_side / max(size)
+        smaller = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        row["image"] = _resize(data, smaller, "JPEG", Image.Resampling.BICUBIC)
         if item.mask is not None:
-            row["mask"] = _shrink(row["mask"], max_side, "PNG", Image.Resampling.NEAREST)
+            row["mask"] = _resize(row["mask"], smaller, "PNG", Image.Resampling.NEAREST)
     return row
 
 
@@ -303,6 +304,8 @@ def write_dataset(plan: Plan, out: Path, *, images_per_shard: int, max_side: int
     """Write (or complete) the shards of `plan` under `out` and then its manifest.json; returns the manifest."""
     if images_per_shard < 1:
         raise UserError(f"data.images_per_shard must be at least 1, not {images_per_shard}")
+    if max_side is not None and max_side < 1:
+        raise UserError(f"data.reencode_max_side / --reencode-max-side must be at least 1 px, not {max_side}")
     write, keep = [], []
     for split, items in plan.splits.items():
         folder = out / split

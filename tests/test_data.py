@@ -248,6 +248,9 @@ def test_missing_source(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err == f"nepa prepare: error: {tmp_path / 'nowhere'}: ImageNet folder not found; pass --src the dataset " \
         "folder (or set it in params.yaml)"  # fmt: skip
+    assert nepa(tmp_path, "prepare", "ade20k") == 2  # embedded scale, raw layouts not written yet
+    assert capsys.readouterr().err.strip() == f"nepa prepare: error: {tmp_path / 'data/raw/ADEChallengeData2016'}: " \
+        "not found; run `nepa prepare embedded` first (it writes the embedded raw layouts)"  # fmt: skip
 
 
 def test_damaged_shard_is_refused_by_the_loader(prepared: Path, tmp_path: Path) -> None:

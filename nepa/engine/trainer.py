@@ -168,8 +168,8 @@ class Trainer:
         self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env)
 
     def _say(self, message: str) -> None:
-        if self.env.is_main:
-            print(f"{self.cfg.name}: {message}", file=sys.stderr, flush=True)
+        if self.env.is_main:  # on a line of its own, not after the progress bar
+            tqdm.write(f"{self.cfg.name}: {message}", file=sys.stderr)
 
     def _start(self) -> TrainState:
         """A fresh state, or the latest checkpoint's with everything restored."""

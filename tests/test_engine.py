@@ -1,0 +1,157 @@
+"""The engine's parts, each on its own: batch arithmetic, schedule, weight-decay groups, launch environments,
+generator states, EMA, metrics rows after a resume, preemption handlers, checkpoint leftovers.
+
+Whole runs (DeepSpeed, several processes, kills, signals) are in tests/test_engine_runs.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from nepa.engine import distributed, rng
+from nepa.engine.checkpoint import LATEST, PARTIAL, STATE_FILE, Checkpoints, tag
+from nepa.engine.distributed import DistEnv
+from nepa.engine.ema import Ema
+from nepa.engine.metrics import MetricsLog
+from nepa.engine.optim import no_decay_names, param_groups
+from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
+from nepa.engine.signals import EXIT_REQUEUE, Preemption
+from nepa.engine.trainer import EXIT_NONFINITE
+from nepa.errors import EXIT_USAGE, UserError
+from nepa.models import create
+from nepa.models.weights import atomic_save_safetensors
+
+
+def test_global_batch_must_be_whole_micro_batches() -> None:
+    assert accumulation_steps(256, 64, 2) == 2
+    with pytest.raises(UserError, match=r"global_batch 256 is not a multiple of micro_batch 48 x 2 process"):
+        accumulation_steps(256, 48, 2)
+    assert peak_lr(3e-4, 4096) == pytest.approx(4.8e-3)  # the paper's 4096-batch lr
+
+
+def test_plan_and_warmup_cosine() -> None:
+    p = plan(epochs=2.5, warmup_epochs=0.5, max_steps=None, batches_per_epoch=41, accumulation=4)
+    assert (p.steps_per_epoch, p.total_steps, p.warmup_steps, p.stop_step) == (10, 25, 5, 25)
+    assert plan(2.5, 0.5, 7, 41, 4).stop_step == 7  # max_steps stops early; the schedule keeps its length
+    factors = [warmup_cosine(s, 5, 25) for s in range(25)]
+    assert factors[:5] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:])) and factors[-1] < 0.01
+    assert warmup_cosine(25, 5, 25) == 0.0
+    with pytest.raises(UserError, match="fewer than one optimizer step"):
+        plan(1, 0, None, batches_per_epoch=3, accumulation=4)
+
+
+def test_no_weight_decay_on_biases_norms_layerscale_and_tokens() -> None:
+    model = create("nepa_tiny_patch4_32", depth=2, mask_token=True)
+    skip = no_decay_names(model)
+    assert {"cls_token", "mask_token", "patch_embed.bias", "norm.weight", "blocks.0.ls1.gamma"} <= skip
+    assert {"blocks.0.norm1.bias", "blocks.0.attn.qkv.bias"} <= skip
+    assert not skip & {"patch_embed.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight"}
+    decay, no_decay = param_groups(model, 0.05)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0.0)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert all(p.ndim > 1 for p in decay["params"])
+
+
+def test_rank_and_world_from_each_launcher() -> None:
+    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+    assert distributed.from_environ(torchrun) == DistEnv(3, 4, 1)  # a launcher inside a SLURM job wins
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1"}
+    assert distributed.from_environ(slurm) == DistEnv(5, 8, 1)
+    assert distributed.from_environ({}) == DistEnv(0, 1, 0)
+
+
+def test_several_processes_need_master_addr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(UserError, match="MASTER_ADDR is not set"):
+        distributed.init(DistEnv(1, 2, 1))
+
+
+def test_generator_states_round_trip_through_safetensors(tmp_path: Path) -> None:
+    rng.seed_all(7)
+    _ = random.random(), np.random.normal(), torch.rand(3)  # move every generator, numpy's gauss cache too
+    tensors, meta = rng.capture()
+    atomic_save_safetensors(tensors, tmp_path / "rng.safetensors", meta)
+    expected = random.random(), np.random.normal(), torch.rand(3)
+    rng.seed_all(99)
+    with safe_open(str(tmp_path / "rng.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    rng.restore(load_file(tmp_path / "rng.safetensors"), meta)
+    got = random.random(), np.random.normal(), torch.rand(3)
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_ema_follows_the_weights() -> None:
+    model = torch.nn.Linear(3, 2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = Ema(model, decay=0.75)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update()
+    ema.update()
+    avg = ema.state_dict()
+    for name, value in start.items():  # two steps towards w+1: 1 - 0.75^2 of the way
+        assert torch.allclose(avg[name], value + 1 - 0.75**2)
+    ema.load_state_dict(start)
+    assert all(torch.equal(ema.state_dict()[k], v) for k, v in start.items())
+
+
+def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.csv"
+    log = MetricsLog(path, None)
+    for step in range(1, 8):
+        log.append(dict(step=step, epoch=0.1, loss=-step, lr=1e-3, grad_norm=1.0, images_per_s=10, wall_s=step))
+    MetricsLog(path, resume_step=5).append(dict(step=6, epoch=0, loss=-60, lr=0, grad_norm=0, images_per_s=0, wall_s=0))
+    rows = pd.read_csv(path)
+    assert rows["step"].tolist() == [1, 2, 3, 4, 5, 6] and rows["loss"].iloc[-1] == -60
+    MetricsLog(path, None)  # a fresh run starts a new file
+    assert pd.read_csv(path).empty
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2])
+def test_preemption_records_then_hands_over_to_the_previous_handler(sig: signal.Signals) -> None:
+    seen = []
+    previous = signal.signal(sig, lambda signum, frame: seen.append(signum))  # e.g. submitit's requeue handler
+    try:
+        with Preemption() as preemption:
+            os.kill(os.getpid(), sig)
+            assert preemption.agreed() == sig and seen == []  # recorded only: the step finishes first
+            preemption.hand_over(sig)
+            assert seen == [sig]
+        os.kill(os.getpid(), sig)  # our handler is gone again
+        assert seen == [sig, sig]
+    finally:
+        signal.signal(sig, previous)
+
+
+def test_exit_statuses_tell_the_outcomes_apart() -> None:
+    # 1 is Python's uncaught exception; a requeue must not be taken for success (0) or for a failure
+    assert len({0, 1, EXIT_USAGE, EXIT_NONFINITE, EXIT_REQUEUE}) == 5 and EXIT_REQUEUE == 75
+
+
+def test_tidy_removes_what_a_killed_save_left(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    for step in (3, 6, 9):
+        (folder / tag(step)).mkdir(parents=True)
+        (folder / tag(step) / STATE_FILE).write_text("{}")
+    (folder / PARTIAL / tag(12)).mkdir(parents=True)
+    (folder / LATEST).write_text(tag(6) + "\n")  # step 9 was renamed into place, `latest` not yet updated
+    checkpoints = Checkpoints(folder, keep_last=2, env=DistEnv())
+    checkpoints.tidy()
+    assert sorted(p.name for p in folder.iterdir()) == [LATEST, tag(3), tag(6)]
+    assert checkpoints.latest() == folder / tag(6)
+    (folder / LATEST).write_text(tag(9) + "\n")
+    with pytest.raises(UserError, match="not a complete checkpoint"):
+        checkpoints.latest()

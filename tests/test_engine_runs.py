@@ -1,0 +1,235 @@
+"""Whole pretraining runs through the CLI, on real DeepSpeed (CPU, gloo) and real embedded Fashion-MNIST
+shards: ZeRO stages, 1 vs 2 processes, kills and resumes, signals, the NaN guard, export.
+
+Each run is a subprocess (`python -m nepa.cli pretrain`), as a launcher would start it; kill points come from
+the engine's fault hooks (nepa/engine/faults.py). Runs are tiny (nepa_tiny_patch4_32, 8-image micro-batches,
+a 256-image train split): seconds each on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from nepa.cli import main as nepa_main
+from nepa.config import DataParams
+from nepa.data.embedded import find_fashion_mnist
+from nepa.engine.checkpoint import EMA_FILE, PARTIAL, latest_checkpoint, online_weights, read_state, tag
+from nepa.engine.faults import EXIT_INJECTED
+from nepa.engine.signals import EXIT_REQUEUE
+from nepa.engine.trainer import EXIT_NONFINITE
+from nepa.errors import UserError
+
+DATA = ["data.embedded_images=[256,64]", "data.embedded_scenes=[4,2]", "data.images_per_shard=128"]
+# 256 images / 8 per micro-batch = 32 micro-batches, 2 per step on one process: 16 steps in the epoch.
+RUN = [
+    "pretrain.global_batch=16", "pretrain.micro_batch=8", "pretrain.epochs=1", "pretrain.warmup_epochs=0.1",
+    "pretrain.base_lr=0.02", "pretrain.log_every=1", "pretrain.checkpoint_every=3", "pretrain.num_workers=0",
+    "pretrain.max_steps=9",
+]  # fmt: skip
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with params.yaml and prepared embedded ImageNet shards."""
+    try:
+        find_fashion_mnist(DataParams().fashion_mnist_dir)
+    except UserError as e:
+        pytest.skip(str(e))
+    root = tmp_path_factory.mktemp("engine")
+    (root / "params.yaml").write_text("seed: 0\n")
+    sets = [x for s in [*DATA, f"data.root={root / 'data'}"] for x in ("--set", s)]
+    for dataset in ("embedded", "imagenet"):
+        assert nepa_main(["prepare", dataset, "--params", str(root / "params.yaml"), *sets]) == 0
+    return root
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment without launcher, SLURM or fault-hook variables, one thread per process."""
+    keep = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith(("SLURM_", "NEPA_"))}
+    return {**keep, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **extra}
+
+
+def command(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...] = ()) -> list[str]:
+    every = [*DATA, f"data.root={root / 'data'}", f"runs={runs}", *RUN, *sets]
+    return [sys.executable, "-m", "nepa.cli", verb, "--params", str(root / "params.yaml"), *args,
+            *(x for s in every for x in ("--set", s))]  # fmt: skip
+
+
+def nepa(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...] = (), **env: str):
+    return subprocess.run(command(root, runs, verb, *sets, args=args), env=environment(**env), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def start(root: Path, runs: Path, *sets: str, log: Path, **env: str) -> subprocess.Popen:
+    """A background run whose output goes to `log` (a file: a full pipe would stall it)."""
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        return subprocess.Popen(command(root, runs, "pretrain", *sets), env=environment(**env), stdout=out,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def two_processes(root: Path, runs: Path, *sets: str, on_start=None) -> list[tuple[int, str]]:
+    """The run as two SLURM-style tasks (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID + MASTER_ADDR): (status, output)."""
+    port = str(29500 + os.getpid() % 1000)
+    logs = [runs / f"rank{r}.log" for r in range(2)]
+    procs = [
+        start(root, runs, *sets, log=logs[r], SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
+              MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        for r in range(2)
+    ]  # fmt: skip
+    if on_start:
+        on_start(procs)
+    return [(p.wait(timeout=600), log.read_text()) for p, log in zip(procs, logs, strict=True)]
+
+
+def folder(runs: Path, run: str = "tiny-nepa") -> Path:
+    return runs / run / "pretrain"
+
+
+def final(runs: Path, run: str = "tiny-nepa") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(online, EMA) weights of the latest checkpoint."""
+    latest = latest_checkpoint(folder(runs, run) / "checkpoints")
+    return online_weights(latest), load_file(latest / EMA_FILE)
+
+
+def identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def losses(runs: Path, run: str = "tiny-nepa") -> pd.Series:
+    rows = pd.read_csv(folder(runs, run) / "metrics.csv")
+    assert rows["step"].is_unique and rows["step"].is_monotonic_increasing
+    return rows.set_index("step")["loss"]
+
+
+def wait_for_rows(path: Path, rows: int, proc: subprocess.Popen) -> None:
+    while not (path.is_file() and len(pd.read_csv(path)) >= rows):
+        assert proc.poll() is None, f"the run ended early ({proc.returncode})"
+        time.sleep(0.2)
+
+
+def test_pretrain_then_export_loads_in_timm(root: Path, tmp_path: Path) -> None:
+    """The default suite's one real run: two steps with input masking (the mask token), then both exports."""
+    done = nepa(root, tmp_path, "pretrain", "pretrain.max_steps=2", "variant=mask_40")
+    assert done.returncode == 0, done.stderr
+    assert (folder(tmp_path, "tiny-mask_40") / "metrics.json").is_file()
+    out = nepa(root, tmp_path, "export", "variant=mask_40")
+    assert out.returncode == 0, out.stderr
+    export = tmp_path / "tiny-mask_40" / "export"
+    model = timm.create_model("nepa_tiny_patch4_32", pretrained=str(export / "model.safetensors"))
+    assert model.mask_token is not None
+    online, ema = final(tmp_path, "tiny-mask_40")
+    assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
+    assert not identical(online, ema)
+    card = (export / "README.md").read_text()
+    assert "- weights: ema" in card and "- step: 2" in card and "params_sha256" in card and "manifest sha256" in card
+    out = nepa(root, tmp_path, "export", "variant=mask_40", args=("--weights", "online", "--format", "official"))
+    assert out.returncode == 0, out.stderr
+    assert (export / "official" / "model.safetensors").is_file() and (export / "official" / "config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def untrained(root: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.Series:
+    """The losses of the same 16 steps at lr 0: the same batches and draws, the initial weights."""
+    runs = tmp_path_factory.mktemp("untrained")
+    assert nepa(root, runs, "pretrain", "pretrain.base_lr=0.0", "pretrain.max_steps=16").returncode == 0
+    return losses(runs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_each_zero_stage_trains(root: Path, tmp_path: Path, stage: int, untrained: pd.Series) -> None:
+    done = nepa(root, tmp_path, "pretrain", f"pretrain.zero_stage={stage}", "pretrain.max_steps=16")
+    assert done.returncode == 0, done.stderr
+    gain = losses(tmp_path) - untrained  # step by step on the same batches: batch-to-batch noise cancels
+    assert len(gain) == 16 and gain.iloc[-8:].mean() < -0.02, gain.tolist()
+
+
+@pytest.mark.slow
+def test_kill_and_resume_ends_bit_identical(root: Path, tmp_path: Path) -> None:
+    """Killed right after a checkpoint, during a checkpoint write, and between checkpoints, then resumed."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    assert nepa(root, reference, "pretrain").returncode == 0
+    checkpoints = folder(killed) / "checkpoints"
+    for hook, step, latest in (
+        ("NEPA_EXIT_AT_STEP", 4, 3),
+        ("NEPA_EXIT_IN_CHECKPOINT", 6, 3),
+        ("NEPA_EXIT_AT_STEP", 8, 6),
+    ):
+        run = nepa(root, killed, "pretrain", **{hook: str(step)})
+        assert run.returncode == EXIT_INJECTED, run.stderr
+        assert latest_checkpoint(checkpoints) == checkpoints / tag(latest)
+        if hook == "NEPA_EXIT_IN_CHECKPOINT":  # half-written, never named by `latest`
+            assert (checkpoints / PARTIAL / tag(step)).is_dir() and not (checkpoints / tag(step)).exists()
+    resumed = nepa(root, killed, "pretrain")
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    assert not (checkpoints / PARTIAL / tag(6)).exists()
+    assert read_state(latest_checkpoint(checkpoints)).step == 9
+    (online, ema), (online_ref, ema_ref) = final(killed), final(reference)
+    assert identical(online, online_ref) and identical(ema, ema_ref)
+    assert losses(killed).equals(losses(reference))  # and the curve continues without duplicate rows
+
+
+@pytest.mark.slow
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(root: Path, tmp_path: Path) -> None:
+    run = nepa(root, tmp_path, "pretrain", NEPA_INJECT_NAN_AT_STEP="5")
+    assert run.returncode == EXIT_NONFINITE
+    lines = [line for line in run.stderr.splitlines() if line.startswith("nepa pretrain: stopped")]
+    assert len(lines) == 1 and "step 5" in lines[0] and tag(3) in lines[0], run.stderr
+    checkpoints = folder(tmp_path) / "checkpoints"
+    assert latest_checkpoint(checkpoints) == checkpoints / tag(3) and not (checkpoints / tag(5)).exists()
+    assert losses(tmp_path).index.max() == 4  # the NaN step wrote nothing
+    assert nepa(root, tmp_path, "export").returncode == 0
+    model = timm.create_model("nepa_tiny_patch4_32", pretrained=str(tmp_path / "tiny-nepa/export/model.safetensors"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2])
+def test_preemption_signal_checkpoints_and_exits_for_requeue(root: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    proc = start(root, tmp_path, "pretrain.max_steps=16", log=tmp_path / "log")
+    wait_for_rows(folder(tmp_path) / "metrics.csv", 2, proc)
+    proc.send_signal(sig)
+    status, output = proc.wait(timeout=300), (tmp_path / "log").read_text()
+    assert status == EXIT_REQUEUE, output
+    step = int(losses(tmp_path).index.max())
+    assert 2 <= step < 16 and f"signal {int(sig)} at step {step}" in output
+    assert latest_checkpoint(folder(tmp_path) / "checkpoints").name == tag(step)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_resume_exactly_after_a_signal(root: Path, tmp_path: Path) -> None:
+    """ZeRO-3 on two processes: the same global batches as one process give the same losses (to rounding) and
+    EMA (gathered from each rank's partition); a signal to rank 0 alone stops both ranks at one step with a
+    checkpoint, and the resumed run ends bit-identical to an uninterrupted two-process run."""
+    same = ["pretrain.zero_stage=3", "model.rope_rescale=null"]  # no per-forward draws: 2x8 vs 1x(8+8) images
+    one, two, stopped = tmp_path / "one", tmp_path / "two", tmp_path / "stopped"
+    assert nepa(root, one, "pretrain", *same).returncode == 0
+    assert [status for status, _ in two_processes(root, two, *same)] == [0, 0]
+    assert torch.allclose(torch.tensor(losses(two).values), torch.tensor(losses(one).values), atol=1e-4)
+    (online_1, ema_1), (online_2, ema_2) = final(one), final(two)
+    assert all(torch.allclose(online_1[k], online_2[k], atol=1e-4) for k in online_1)
+    assert all(torch.allclose(ema_1[k], ema_2[k], atol=1e-5) for k in ema_1)
+
+    def signal_rank0(procs: list[subprocess.Popen]) -> None:
+        wait_for_rows(folder(stopped) / "metrics.csv", 4, procs[0])
+        procs[0].send_signal(signal.SIGUSR2)
+
+    first = two_processes(root, stopped, *same, on_start=signal_rank0)
+    assert [status for status, _ in first] == [EXIT_REQUEUE, EXIT_REQUEUE], first[0][1]
+    assert [status for status, _ in two_processes(root, stopped, *same)] == [0, 0]
+    (online_s, ema_s) = final(stopped)
+    assert identical(online_s, online_2) and identical(ema_s, ema_2)
+    assert losses(stopped).equals(losses(two))

@@ -109,13 +109,13 @@ class PretrainParams(Section):
 class FinetuneParams(Section):
     epochs: float = 10
     warmup_epochs: float = 1
-    max_steps: int | None = None
+    max_steps: int | None = None  # stop early (smoke runs); the schedule still spans `epochs`
     global_batch: int = 256
-    micro_batch: int = 128
-    base_lr: float = 1e-3
+    micro_batch: int = 128  # per process and step; even (Mixup pairs a batch with its reverse)
+    base_lr: float = 1e-3  # lr = base_lr * global_batch / 256
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.05
-    layer_decay: float = 0.35
+    layer_decay: float = 0.35  # lr of layer l: decay**(L - l); blocks are layers 1..depth, the head L
     layer_decay_ramp: bool = True  # paper: the decay rate rises linearly to 1.0 over training
     drop_path: float = 0.1
     grad_clip: float | None = None
@@ -130,6 +130,8 @@ class FinetuneParams(Section):
     ema_decay: float | None = 0.999
     report: Literal["ema_final", "online_final", "max_final"] = "ema_final"  # fixed before any run
     eval_crop_ratio: float = 0.875  # resize 256 -> crop 224
+    zero_stage: Literal[0, 1, 2] = 2  # not 3: the per-epoch evaluation reads whole weights
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every: int = 200
     keep_last: int = 2
     log_every: int = 10
@@ -138,26 +140,35 @@ class FinetuneParams(Section):
 
 class ProbeParams(Section):
     epochs: float = 20
-    global_batch: int = 256
-    base_lr: float = 0.1
+    global_batch: int = 256  # also the feature-extraction batch
+    base_lr: float = 0.1  # SGD lr = base_lr * global_batch / 256, cosine to 0
     weight_decay: float = 0.0
     poolings: tuple[Literal["last", "mean"], ...] = ("last", "mean")
+    num_workers: int = 2
 
 
 class SegmentParams(Section):
-    iterations: int = 2000
+    iterations: int = 2000  # optimizer steps
     global_batch: int = 16
-    crop: int = 64  # full scale 512, padded up to a multiple of the patch
-    base_lr: float = 1e-4
+    micro_batch: int = 16  # per process and step; at least 2 (BatchNorm in the head)
+    crop: int = 64  # full scale 512, padded up to a multiple of the patch inside the model (518 at patch 14)
+    lr: float = 1e-4  # the peak lr itself, as mmseg configs give it (not scaled by the batch)
+    betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.05
     layer_decay: float = 0.65
     drop_path: float = 0.1
+    grad_clip: float | None = None
     warmup_iterations: int = 100
-    taps: tuple[int, ...] | None = None  # 0-based blocks; None: evenly spaced, last block included
+    taps: tuple[int, ...] | None = None  # 0-based blocks; None: d/3, d/2, 2d/3, d (1-based), the last included
     channels: int = 128  # UperNet channels (512 at full scale)
-    num_classes: int = 150
+    num_classes: int | None = None  # None: the prepared shards' class count (150 for ADE20K)
+    eval_mode: Literal["whole", "slide"] = "whole"  # slide: mmseg's sliding-window protocol (full scale)
+    eval_stride: int = 341  # slide window stride (mmseg's ADE20K configs: crop 512, stride 341)
+    zero_stage: Literal[0, 1, 2] = 2
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     checkpoint_every: int = 500
     keep_last: int = 2
+    log_every: int = 10
     num_workers: int = 2
 
 

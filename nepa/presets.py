@@ -45,10 +45,11 @@ SEGMENT: dict[str, Layer] = {
     "large": dict(taps=[7, 11, 15, 23], drop_path=0.2, layer_decay=0.75),
 }
 SEGMENT_COMMON: Layer = dict(
-    iterations=160_000, global_batch=16, crop=512, base_lr=1e-4, weight_decay=0.05, warmup_iterations=1500,
-    channels=512, num_classes=150, checkpoint_every=4000, keep_last=3, num_workers=8,
+    iterations=160_000, global_batch=16, micro_batch=2, crop=512, lr=1e-4, weight_decay=0.05, warmup_iterations=1500,
+    channels=512, num_classes=150, eval_mode="slide", eval_stride=341, checkpoint_every=4000, keep_last=3,
+    log_every=50, num_workers=8,
 )  # fmt: skip
-PROBE_FULL: Layer = dict(epochs=90, global_batch=4096, base_lr=0.1, weight_decay=0.0)
+PROBE_FULL: Layer = dict(epochs=90, global_batch=4096, base_lr=0.1, weight_decay=0.0, num_workers=10)
 
 # Ablations of Table 1 run ViT-B at pretraining batch 2048 for 50k (1a) or 100k (1b-1e) steps.
 ABLATION_STEPS = {"1a": 50_000, "1b": 100_000, "1c": 100_000, "1d": 100_000, "1e": 100_000}

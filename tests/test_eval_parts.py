@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nepa.eval.layer_decay import apply_layer_decay, decay_at, layer_ids, param_groups
+from nepa.eval.layer_decay import decay_at, layer_ids, lr_scale, param_groups
 from nepa.eval.miou import IGNORE, confusion_matrix, majority_baseline, scores
 from nepa.eval.upernet import UperNet
 from nepa.models import NepaConfig, NepaViT
@@ -39,25 +39,30 @@ def test_layer_decay_ramp_start_middle_end() -> None:
     assert decay_at(0.35, 1.0, ramp=True) == pytest.approx(1.0)
     assert decay_at(0.35, 1.7, ramp=True) == pytest.approx(1.0)
     assert decay_at(0.65, 0.5, ramp=False) == 0.65
+    patch_embed = {"layer_id": 0, "num_layers": 6}  # ViT with 4 blocks: layers 0 (stem) .. 5 (head)
+    block_2, head = {**patch_embed, "layer_id": 2}, {**patch_embed, "layer_id": 5}
+    for progress, decay in ((0.0, 0.35), (0.5, 0.675), (1.0, 1.0)):
+        assert lr_scale(patch_embed, progress, start=0.35, ramp=True) == pytest.approx(decay**5)
+        assert lr_scale(block_2, progress, start=0.35, ramp=True) == pytest.approx(decay**3)
+        assert lr_scale(head, progress, start=0.35, ramp=True) == 1.0
+    assert lr_scale(block_2, 1.0, start=0.65, ramp=False) == pytest.approx(0.65**3)
 
 
-def test_layer_ids_and_group_lrs_follow_depth() -> None:
+def test_layer_ids_and_groups_follow_depth() -> None:
     model = NepaViT(NepaConfig(**TINY, num_classes=5))
     ids = layer_ids(model)
     assert ids["cls_token"] == ids["patch_embed.weight"] == 0
     assert ids["blocks.0.attn.qkv.weight"] == 1 and ids["blocks.3.mlp.fc2.bias"] == 4
     assert ids["norm.weight"] == ids["fc_norm.weight"] == ids["head.weight"] == 5
-    groups = param_groups(model, 0.05, {"cls_token"})
-    optimizer = torch.optim.AdamW(groups, lr=0.0)
-    apply_layer_decay(optimizer, lr=1.0, decay=0.5)
-    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
-    assert lr_of[id(model.head.weight)] == 1.0 and lr_of[id(model.blocks[3].mlp.fc1.weight)] == 0.5
-    assert lr_of[id(model.patch_embed.weight)] == 0.5**5
-    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
-    assert decay_of[id(model.head.weight)] == 0.05
-    assert (
-        decay_of[id(model.head.bias)] == decay_of[id(model.cls_token)] == decay_of[id(model.blocks[0].ls1.gamma)] == 0
-    )
+    model.patch_embed.requires_grad_(False)
+    groups = param_groups(model, 0.05)
+    of = {id(p): g for g in groups for p in g["params"]}
+    assert id(model.patch_embed.weight) not in of  # frozen: in no optimizer group
+    assert of[id(model.head.weight)]["layer_id"] == 5 and of[id(model.blocks[3].mlp.fc1.weight)]["layer_id"] == 4
+    assert all(g["num_layers"] == 6 for g in groups)
+    assert of[id(model.head.weight)]["weight_decay"] == of[id(model.blocks[0].attn.qkv.weight)]["weight_decay"] == 0.05
+    no_decay = (model.head.bias, model.cls_token, model.blocks[0].ls1.gamma, model.blocks[0].norm1.weight)
+    assert all(of[id(p)]["weight_decay"] == 0.0 for p in no_decay)
 
 
 @pytest.mark.parametrize("size", [(32, 48), (30, 50)])  # a multiple of the patch, and one needing padding

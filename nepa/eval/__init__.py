@@ -1,5 +1,5 @@
 """Downstream evaluation of NEPA backbones: classification fine-tuning, linear probe, semantic segmentation.
 
 One verb per module (`finetune.py`, `probe.py`, `segment.py`); the parts they share are small modules of
-their own (`layer_decay.py`, `upernet.py`, `miou.py`, `classify.py`, `backbone.py`).
+their own (`stage.py`, `layer_decay.py`, `classify.py`, `upernet.py`, `miou.py`).
 """

@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import torch
 from timm.models import group_parameters
 from torch import nn
+
+from nepa.engine.optim import no_decay_names
 
 
 def layer_ids(model: nn.Module, prefix: str = "") -> dict[str, int]:
@@ -26,29 +27,22 @@ def layer_ids(model: nn.Module, prefix: str = "") -> dict[str, int]:
     return group_parameters(model, matcher, reverse=True)  # unmatched names (norms, heads) -> the last id
 
 
-def param_groups(
-    model: nn.Module, weight_decay: float, no_weight_decay: set[str] = frozenset(), prefix: str = ""
-) -> list[dict[str, Any]]:
-    """AdamW groups per (layer, decayed or not) over the trainable parameters, each tagged with its `layer_id`
-    and the model's `num_layers` for `apply_layer_decay`. No weight decay on 1-D tensors (biases, norms,
-    LayerScale) and on `no_weight_decay` names, as timm."""
+def param_groups(model: nn.Module, weight_decay: float, prefix: str = "") -> list[dict[str, Any]]:
+    """AdamW groups of the trainable parameters, one per (layer, decayed or not), each tagged with its
+    `layer_id` and the model's `num_layers` for `lr_scale`. Weight decay as the engine's groups: none on
+    1-D tensors (biases, norms, LayerScale) and on the model's `no_weight_decay()` names."""
     ids = layer_ids(model, prefix)
     num_layers = max(ids.values()) + 1
+    skip = no_decay_names(model)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        decay = param.ndim > 1 and name not in no_weight_decay
-        group = groups.setdefault(
-            (ids[name], decay),
-            {
-                "params": [],
-                "weight_decay": weight_decay if decay else 0.0,
-                "layer_id": ids[name],
-                "num_layers": num_layers,
-            },
-        )
-        group["params"].append(param)
+        if param.requires_grad:
+            decay = name not in skip
+            key = (ids[name], decay)
+            if key not in groups:
+                groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "layer_id": ids[name],
+                               "num_layers": num_layers}  # fmt: skip
+            groups[key]["params"].append(param)
     return [groups[key] for key in sorted(groups)]
 
 
@@ -57,7 +51,6 @@ def decay_at(start: float, progress: float, ramp: bool) -> float:
     return start + (1.0 - start) * min(max(progress, 0.0), 1.0) if ramp else start
 
 
-def apply_layer_decay(optimizer: torch.optim.Optimizer, lr: float, decay: float) -> None:
-    """Set each group's lr to lr * decay**(L - layer_id)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * decay ** (group["num_layers"] - 1 - group["layer_id"])
+def lr_scale(group: dict[str, Any], progress: float, *, start: float, ramp: bool) -> float:
+    """A group's lr multiplier at `progress` of training: decay**(L - layer_id) (the engine's `Task.lr_scale`)."""
+    return decay_at(start, progress, ramp) ** (group["num_layers"] - 1 - group["layer_id"])

@@ -108,6 +108,9 @@ class UperNet(nn.Module):
         self.head = UperHead(dim, channels, num_classes)
         self.aux_head = AuxHead(dim, channels // 2, num_classes) if aux else None
 
+    def no_weight_decay(self) -> set[str]:
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         h, w = x.shape[-2:]
         p = self.backbone.cfg.patch_size

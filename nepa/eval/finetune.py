@@ -1,0 +1,167 @@
+"""`nepa finetune`: classification fine-tuning of a NEPA backbone (paper Table 5; `official` preset: the
+released scripts), on the engine (nepa/engine: DeepSpeed, checkpoints with exact resume, preemption, NaN guard, EMA).
+
+    backbone (export / --init) -> causal or bidirectional attention, pooling mean (-> LayerNorm) or last token,
+    zero-initialised Linear head, frozen patch embedding, drop path
+    timm train view (RandAugment, random erasing) -> Mixup/CutMix + label smoothing -> soft-target CE
+    AdamW, warm-up + cosine, layer-wise lr decay (fixed, or the paper's ramp to 1.0), EMA of the weights
+    each epoch end (and the last step): top-1/top-5 of the online and the EMA weights on the val shards
+
+Writes {runs}/{size}-{variant}/finetune[-random]/: checkpoints/, metrics.csv (loss curve; the accuracies in
+the rows of epoch ends), metrics.json (the final accuracies, and the one `finetune.report` picks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torch import Tensor, nn
+
+from nepa.cli import parse_with_params
+from nepa.config import FinetuneParams, Params
+from nepa.data.loaders import make_loader, num_batches, read_split
+from nepa.engine import distributed, rng
+from nepa.engine.ema import Ema
+from nepa.engine.trainer import Task, TrainConfig, Trainer
+from nepa.errors import UserError
+from nepa.eval import layer_decay, stage
+from nepa.eval.classify import accuracy
+from nepa.models import NepaViT
+from nepa.provenance import write_metrics
+
+VERB = "finetune"
+# finetune params that change how a run is observed or stopped, not its weights: a run resumes across them
+OPERATIONAL = ("max_steps", "checkpoint_every", "keep_last", "log_every", "num_workers", "report")
+WEIGHTS = ("online", "ema")
+
+
+def build_model(params: Params, weights: Path | None, num_classes: int) -> NepaViT:
+    f = params.finetune
+    rng.seed_all(params.seed)  # the same head and (random init) backbone on every rank
+    model = stage.build(
+        params, weights, num_classes=0, causal=f.attention == "causal", pooling=f.pooling, drop_path=f.drop_path
+    )
+    model.reset_classifier(num_classes, zero_init=True)
+    if f.freeze_patch_embed:  # Table 1d: a frozen patch embedding fine-tunes better (77.4 vs 73.1)
+        model.patch_embed.requires_grad_(False)
+    return model
+
+
+def make_loss(f: FinetuneParams, num_classes: int) -> Callable[[nn.Module, Any], Tensor]:
+    """The micro-batch loss: Mixup/CutMix (timm) with label smoothing and soft-target CE, as MAE and DeiT;
+    plain label-smoothed CE where both are off."""
+    mixup = None
+    if f.mixup > 0 or f.cutmix > 0:
+        mixup = Mixup(mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, label_smoothing=f.label_smoothing,
+                      num_classes=num_classes)  # fmt: skip
+    criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
+
+    def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        images, labels = batch
+        if mixup is not None:  # draws from numpy's global generator, which the engine checkpoints per rank
+            images, labels = mixup(images, labels)
+        return criterion(model(images), labels)
+
+    return loss
+
+
+class Evaluator:
+    """Top-1/top-5 of the online and the EMA weights on the validation split, in percent.
+
+    The EMA weights are evaluated in a copy of the model, so the training model is never touched; the
+    evaluation draws nothing from the generators a resumed run must find as they were.
+    """
+
+    def __init__(self, model: NepaViT, batches: Callable[[], Iterable[Any]], device: torch.device):
+        self.model, self.batches, self.device = model, batches, device
+        self.shadow = copy.deepcopy(model)
+        self.last: dict[str, float] | None = None
+
+    def __call__(self, ema: Ema | None) -> dict[str, float]:
+        out = {}
+        with torch.random.fork_rng(devices=[]):
+            for name, scores in self._scores(ema):
+                out |= {f"val_{k}_{name}": v for k, v in scores.items()}
+        self.last = out
+        return out
+
+    def _scores(self, ema: Ema | None) -> Iterable[tuple[str, dict[str, float]]]:
+        yield "online", accuracy(self.model, self.batches(), self.device)
+        if ema is not None:
+            self.shadow.load_state_dict(ema.state_dict())
+            yield "ema", accuracy(self.shadow, self.batches(), self.device)
+
+    @staticmethod
+    def fields(ema: bool) -> tuple[str, ...]:
+        return tuple(f"val_{k}_{w}" for w in WEIGHTS[: 1 + ema] for k in ("top1", "top5"))
+
+
+def reported(scores: dict[str, float], rule: str) -> dict[str, float]:
+    """The number the run reports, by the rule fixed in params before it ran (never chosen afterwards)."""
+    source = {"ema_final": "ema", "online_final": "online"}.get(rule)
+    if source is None:  # max_final: the better of the two final models
+        source = max(WEIGHTS, key=lambda w: scores[f"val_top1_{w}"])
+    return {"val_top1": scores[f"val_top1_{source}"], "val_top5": scores[f"val_top5_{source}"]}
+
+
+def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    stage.add_init_args(parser)
+    args, params = parse_with_params(parser, argv)
+    f = params.finetune
+    if f.report != "online_final" and f.ema_decay is None:
+        raise UserError(f"finetune.report is {f.report} but finetune.ema_decay is off; set one of them")
+    if f.mixup + f.cutmix > 0 and f.micro_batch % 2:
+        raise UserError(
+            f"finetune.micro_batch {f.micro_batch}: Mixup pairs each batch with its reverse, use an even one"
+        )
+    weights = stage.init_weights(params, args.init)
+    train, val = stage.split_dir(params, "imagenet", "train"), stage.split_dir(params, "imagenet", "val")
+    folder = stage.output_folder(params, VERB, args.init, args.out)
+    env = distributed.from_environ()
+    device = distributed.init(env)
+
+    num_classes = len(read_split(train)[0]["classes"])
+    model = build_model(params, weights, num_classes)
+    loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
+                               num_workers=f.num_workers, verify=params.data.verify_shards,
+                               image_size=model.cfg.img_size)  # fmt: skip
+    train_batches = functools.partial(loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment,
+                                      reprob=f.reprob)  # fmt: skip
+    val_batches = functools.partial(loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False,
+                                    crop_ratio=f.eval_crop_ratio)  # fmt: skip
+    evaluator = Evaluator(model, val_batches, device)
+    task = Task(
+        model=model,
+        loss=make_loss(f, num_classes),
+        batches=lambda epoch, start: train_batches(epoch=epoch, start_batch=start),
+        batches_per_epoch=num_batches(train, batch_size=f.micro_batch, world=env.world),
+        param_groups=layer_decay.param_groups(model, f.weight_decay),
+        lr_scale=functools.partial(layer_decay.lr_scale, start=f.layer_decay, ramp=f.layer_decay_ramp),
+        evaluate=evaluator,
+        eval_fields=Evaluator.fields(f.ema_decay is not None),
+    )
+    manifest = train.parent / "manifest.json"
+    card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
+    cfg = TrainConfig.from_section(
+        f, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card,
+        resume_key=stage.resume_key(params, VERB, OPERATIONAL, weights, manifest),
+    )  # fmt: skip
+    trainer = Trainer(cfg, task, env, device)
+    status = trainer.fit()
+    if status == 0:
+        scores = evaluator.last or evaluator(trainer.ema)  # a finished run that was only resumed evaluates here
+        if env.is_main:
+            wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
+            write_metrics(folder, VERB, {**scores, **reported(scores, f.report)}, params, checkpoint=weights,
+                          seconds=wall_s, report=f.report, init=str(weights or stage.RANDOM))  # fmt: skip
+    distributed.shutdown()
+    return status

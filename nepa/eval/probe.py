@@ -1,0 +1,118 @@
+"""`nepa probe`: linear probe on frozen features (paper Table 6: last embedding / mean embedding).
+
+Features are extracted once, with the backbone as pretrained (its causal attention, eval mode) on the
+deterministic eval view (resize + centre crop) of the train and val shards; one forward gives both:
+    last  the final-LayerNorm output of the last token (in a causal model, the one that has seen every patch)
+    mean  the mean of the final-LayerNorm outputs of the patch tokens
+The classifier is MAE's protocol minus its augmentation: each feature standardised with the train
+statistics (MAE's BatchNorm without affine, folded into the features once) and a linear layer trained by
+SGD (momentum 0.9, lr base_lr x batch / 256, cosine) over the in-memory features. Why not full-batch
+L-BFGS: it needs a tuned L2 penalty per feature set and full passes over 1.28M x D features per iteration
+at full scale, where minibatch SGD on standardised features is the protocol the paper's peers report with.
+
+Runs on one process (rank 0 of a launch; other ranks exit at once), on the GPU where there is one.
+Writes {runs}/{size}-{variant}/probe/metrics.json: val top-1/top-5 of each pooling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from nepa.cli import parse_with_params
+from nepa.config import ProbeParams
+from nepa.data.loaders import make_loader, read_split
+from nepa.engine import distributed
+from nepa.eval import stage
+from nepa.eval.classify import correct_topk
+from nepa.models import NepaViT
+from nepa.provenance import write_metrics
+
+VERB = "probe"
+POOLINGS = ("last", "mean")
+
+
+@torch.no_grad()
+def extract(model: NepaViT, split: Path, p: ProbeParams, seed: int, verify: bool, device: torch.device
+            ) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
+    """({pooling: (N, D) features}, (N,) labels) of a whole split, on the CPU, in the split's stored order."""
+    loader = make_loader("eval", split, batch_size=p.global_batch, rank=0, world=1, seed=seed, epoch=0, verify=verify,
+                         drop_last=False, num_workers=p.num_workers, image_size=model.cfg.img_size)  # fmt: skip
+    feats: dict[str, list[Tensor]] = {k: [] for k in POOLINGS}
+    labels = []
+    for images, y in tqdm(loader, desc=f"nepa probe: features of {split.name}", dynamic_ncols=True):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            h = model.forward_features(images.to(device, non_blocking=True))
+        feats["last"].append(h[:, -1].float().cpu())
+        feats["mean"].append(h[:, 1:].float().mean(dim=1).cpu())
+        labels.append(y)
+    return {k: torch.cat(v) for k, v in feats.items()}, torch.cat(labels)
+
+
+def train_linear(x: Tensor, y: Tensor, num_classes: int, p: ProbeParams, seed: int, device: torch.device) -> nn.Linear:
+    """A linear classifier on standardised features `x`, by minibatch SGD with a cosine lr."""
+    head = nn.Linear(x.shape[1], num_classes).to(device)
+    nn.init.zeros_(head.weight)  # a convex problem: zero start, no init noise in the result
+    nn.init.zeros_(head.bias)
+    lr = p.base_lr * p.global_batch / 256
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=p.weight_decay)
+    steps_per_epoch = max(1, len(x) // p.global_batch)
+    total = max(1, round(p.epochs * steps_per_epoch))
+    gen = torch.Generator().manual_seed(seed)
+    x, y = x.to(device), y.to(device)
+    step = 0
+    while step < total:
+        for idx in torch.randperm(len(x), generator=gen)[: steps_per_epoch * p.global_batch].view(steps_per_epoch, -1):
+            if step == total:
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            idx = idx.to(device)
+            loss = F.cross_entropy(head(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return head
+
+
+@torch.no_grad()
+def top_k(head: nn.Linear, x: Tensor, y: Tensor, device: torch.device) -> dict[str, float]:
+    chunks = zip(x.split(4096), y.split(4096), strict=True)
+    hits = sum(correct_topk(head(xb.to(device)), yb.to(device)).cpu() for xb, yb in chunks)
+    return {"top1": 100 * hits[0].item() / len(y), "top5": 100 * hits[1].item() / len(y)}
+
+
+def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    stage.add_init_args(parser)
+    args, params = parse_with_params(parser, argv)
+    p = params.probe
+    weights = stage.init_weights(params, args.init)
+    train, val = stage.split_dir(params, "imagenet", "train"), stage.split_dir(params, "imagenet", "val")
+    folder = stage.output_folder(params, VERB, args.init, args.out)
+    if distributed.from_environ().rank != 0:
+        return 0
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    t0 = time.perf_counter()
+    torch.manual_seed(params.seed)  # random init (--init random): the probe of an untrained network
+    model = stage.build(params, weights).to(device).eval()
+    x_train, y_train = extract(model, train, p, params.seed, params.data.verify_shards, device)
+    x_val, y_val = extract(model, val, p, params.seed, params.data.verify_shards, device)
+    num_classes = len(read_split(train)[0]["classes"])
+    metrics = {}
+    for pooling in p.poolings:
+        mean, std = x_train[pooling].mean(0), x_train[pooling].std(0) + 1e-6
+        head = train_linear((x_train[pooling] - mean) / std, y_train, num_classes, p, params.seed, device)
+        scores = top_k(head, (x_val[pooling] - mean) / std, y_val, device)
+        metrics |= {f"val_{k}_{pooling}": v for k, v in scores.items()}
+        print(f"nepa probe: {pooling} embedding: val top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}%")
+    write_metrics(folder, VERB, metrics, params, checkpoint=weights, seconds=time.perf_counter() - t0,
+                  init=str(weights or stage.RANDOM))  # fmt: skip
+    return 0

@@ -1,0 +1,167 @@
+"""`nepa segment`: ADE20K-style semantic segmentation with UperNet (paper Table 3), on the engine.
+
+    backbone (export / --init), bidirectional attention, drop path -> UperNet (nepa/eval/upernet.py) on four
+    block taps (`segment.taps`; default the BEiT/MAE choice, blocks d/3, d/2, 2d/3, d of d, 1-based)
+    segment_train view (random rescale 0.5-2, crop, flip) -> pixel CE over `num_classes` classes, label 0
+    ignored, label k -> class k-1, + 0.4 x the auxiliary head's CE
+    AdamW with fixed layer-wise lr decay (head and pyramid at the top rate), linear warm-up, cosine
+    single-scale val mIoU / pixel accuracy: `eval_mode` slide (mmseg's protocol: short side rescaled to the
+    crop, crop-sized windows at `eval_stride`, logits averaged, back to the image size) or whole (the image as is)
+
+Writes {runs}/{size}-{variant}/segment[-random]/: checkpoints/, metrics.csv (loss curve), metrics.json
+(val mIoU, pixel and mean class accuracy, and the same scores of the trivial majority-class segmenter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nepa.cli import parse_with_params
+from nepa.config import Params, SegmentParams
+from nepa.data.loaders import make_loader, num_batches, read_split
+from nepa.engine import distributed, rng
+from nepa.engine.schedule import accumulation_steps
+from nepa.engine.trainer import Task, TrainConfig, Trainer
+from nepa.errors import UserError
+from nepa.eval import layer_decay, stage
+from nepa.eval.miou import IGNORE, confusion_matrix, majority_baseline, scores
+from nepa.eval.upernet import UperNet
+from nepa.provenance import write_metrics
+
+VERB = "segment"
+OPERATIONAL = ("checkpoint_every", "keep_last", "log_every", "num_workers", "eval_mode", "eval_stride")
+AUX_WEIGHT = 0.4  # the mmseg UperNet configs' auxiliary FCN loss weight
+
+
+def default_taps(depth: int) -> tuple[int, ...]:
+    """0-based blocks d/3, d/2, 2d/3, d (1-based): 3/5/7/11 for ViT-B, 7/11/15/23 for ViT-L, as BEiT and MAE."""
+    return (depth // 3 - 1, depth // 2 - 1, 2 * depth // 3 - 1, depth - 1)
+
+
+def to_targets(masks: Tensor) -> Tensor:
+    """ADE20K labels (0 other, 1..C) -> classes (IGNORE, 0..C-1)."""
+    return masks - 1
+
+
+def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    images, masks = batch
+    logits, aux = model(images)
+    targets = to_targets(masks)
+    ce = functools.partial(F.cross_entropy, target=targets, ignore_index=IGNORE)
+    return ce(logits) + AUX_WEIGHT * ce(aux)
+
+
+def sliding_logits(model: nn.Module, image: Tensor, crop: int, stride: int, num_classes: int) -> Tensor:
+    """mmseg's slide inference: crop-sized windows every `stride` pixels (the last flush with the border),
+    logits summed and divided by how many windows saw each pixel."""
+    _, _, h, w = image.shape
+    out = image.new_zeros(image.shape[0], num_classes, h, w)
+    seen = image.new_zeros(1, 1, h, w)
+    for row in range(max(h - crop + stride - 1, 0) // stride + 1):
+        for col in range(max(w - crop + stride - 1, 0) // stride + 1):
+            y2, x2 = min(row * stride + crop, h), min(col * stride + crop, w)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            out[:, :, y1:y2, x1:x2] += model(image[:, :, y1:y2, x1:x2])
+            seen[:, :, y1:y2, x1:x2] += 1
+    return out / seen
+
+
+def predict(model: nn.Module, images: Tensor, s: SegmentParams, num_classes: int) -> Tensor:
+    """(B, H, W) class predictions of a batch of val images, by `s.eval_mode`."""
+    if s.eval_mode == "whole":
+        return model(images).argmax(dim=1)
+    size = images.shape[-2:]
+    scale = s.crop / min(size)  # mmseg's test resize: short side to the crop size (512 for ADE20K)
+    scaled = F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+    logits = sliding_logits(model, scaled, s.crop, s.eval_stride, num_classes)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).argmax(dim=1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s: SegmentParams, num_classes: int,
+             device: torch.device) -> Tensor:  # fmt: skip
+    """The val confusion matrix of every rank's batches, summed over ranks (a collective call)."""
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    for images, masks in batches:
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = predict(model, images, s, num_classes)
+        confusion += confusion_matrix(pred, to_targets(masks), num_classes)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(confusion)
+    return confusion.cpu()
+
+
+def build_model(params: Params, weights: Any, num_classes: int, device: torch.device, world: int) -> UperNet:
+    s = params.segment
+    rng.seed_all(params.seed)  # the same head (and random-init backbone) on every rank
+    backbone = stage.build(params, weights, num_classes=0, causal=False, drop_path=s.drop_path)
+    taps = s.taps or default_taps(backbone.cfg.depth)
+    if not all(0 <= t < backbone.cfg.depth for t in taps):
+        raise UserError(f"segment.taps {taps}: blocks are 0..{backbone.cfg.depth - 1} for {params.model.timm_name}")
+    model = UperNet(backbone, taps, s.channels, num_classes)
+    if world > 1 and device.type == "cuda":  # batch statistics over the global batch, as mmseg's SyncBN
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    stage.add_init_args(parser)
+    args, params = parse_with_params(parser, argv)
+    s = params.segment
+    weights = stage.init_weights(params, args.init)
+    train, val = stage.split_dir(params, "ade20k", "training"), stage.split_dir(params, "ade20k", "validation")
+    folder = stage.output_folder(params, VERB, args.init, args.out)
+    data_classes = len(read_split(train)[0]["classes"])
+    num_classes = s.num_classes or data_classes
+    if data_classes > num_classes:
+        raise UserError(f"segment.num_classes {num_classes}: the prepared ADE20K shards have {data_classes} classes")
+    env = distributed.from_environ()
+    device = distributed.init(env)
+
+    model = build_model(params, weights, num_classes, device, env.world)
+    loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
+                               num_workers=s.num_workers, verify=params.data.verify_shards)  # fmt: skip
+    train_batches = functools.partial(loader, "segment_train", train, batch_size=s.micro_batch, crop=s.crop)
+    batches_per_epoch = num_batches(train, batch_size=s.micro_batch, world=env.world)
+    # The engine counts epochs; the segmentation recipe counts iterations (optimizer steps).
+    steps_per_epoch = batches_per_epoch // accumulation_steps(s.global_batch, s.micro_batch, env.world)
+    task = Task(
+        model=model,
+        loss=loss,
+        batches=lambda epoch, start: train_batches(epoch=epoch, start_batch=start),
+        batches_per_epoch=batches_per_epoch,
+        param_groups=layer_decay.param_groups(model, s.weight_decay, prefix="backbone."),
+        lr_scale=functools.partial(layer_decay.lr_scale, start=s.layer_decay, ramp=False),
+    )
+    card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
+    cfg = TrainConfig.from_section(
+        s, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card, ema_decay=None,
+        base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
+        epochs=s.iterations / max(steps_per_epoch, 1), warmup_epochs=s.warmup_iterations / max(steps_per_epoch, 1),
+        resume_key=stage.resume_key(params, VERB, OPERATIONAL, weights, train.parent / "manifest.json"),
+    )  # fmt: skip
+    status = Trainer(cfg, task, env, device).fit()
+    if status == 0:
+        eval_batch = s.micro_batch if s.eval_mode == "whole" else 1  # slide: val images differ in size
+        val_batches = loader("segment_eval", val, batch_size=eval_batch, epoch=0, drop_last=False,
+                             patch_size=model.backbone.cfg.patch_size)  # fmt: skip
+        confusion = evaluate(model, val_batches, s, num_classes, device)
+        if env.is_main:
+            metrics = {f"val_{k}": v for k, v in scores(confusion).items()}
+            metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion).items()}
+            wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
+            write_metrics(folder, VERB, metrics, params, checkpoint=weights, seconds=wall_s,
+                          init=str(weights or stage.RANDOM), taps=list(model.taps))  # fmt: skip
+    distributed.shutdown()
+    return status

@@ -1,0 +1,73 @@
+"""What the downstream verbs share: the backbone they start from, the shards they read, where they write.
+
+The backbone is the run's EMA export, `{runs}/{size}-{variant}/export/model.safetensors` (`nepa export`),
+by default; `--init PATH` takes another nepa model file (e.g. `nepa import-official` of the released
+weights) and `--init random` the same architecture from scratch, the baseline a pretrained backbone must beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from nepa.config import Params
+from nepa.errors import require_file
+from nepa.models import NepaViT, create
+from nepa.provenance import sha256_file
+
+RANDOM = "random"
+PREPARE = {"imagenet": "nepa prepare imagenet", "ade20k": "nepa prepare ade20k"}
+
+
+def add_init_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--init", metavar="PATH|random",
+        help="backbone weights: a nepa .safetensors, or 'random' for the from-scratch baseline "
+        "(default: the run's export, {runs}/{size}-{variant}/export/model.safetensors)",
+    )  # fmt: skip
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: {runs}/{size}-{variant}/VERB[-random])")
+
+
+def run_folder(params: Params) -> Path:
+    return Path(params.runs) / params.run_name
+
+
+def init_weights(params: Params, init: str | None) -> Path | None:
+    """The model file to start from, checked to exist; None for random initialisation."""
+    if init == RANDOM:
+        return None
+    path = Path(init) if init else run_folder(params) / "export" / "model.safetensors"
+    fix = "run `nepa pretrain` then `nepa export` for this size and variant, or pass --init PATH (or --init random)"
+    return require_file(path, "pretrained model file", fix)
+
+
+def output_folder(params: Params, verb: str, init: str | None, out: str | None) -> Path:
+    """Where the verb writes; a from-scratch run gets its own folder, so it never meets a pretrained one's."""
+    return Path(out) if out else run_folder(params) / (f"{verb}-{RANDOM}" if init == RANDOM else verb)
+
+
+def build(params: Params, weights: Path | None, **overrides: Any) -> NepaViT:
+    """The backbone: a file's own architecture, or params.model's for random init, then `overrides`."""
+    architecture = {} if weights else params.model.architecture()
+    return create(params.model.timm_name, pretrained=weights or False, **{**architecture, **overrides})
+
+
+def split_dir(params: Params, dataset: str, split: str) -> Path:
+    """A prepared split folder, {data.root}/shards/{dataset}/{split}, checked to have its manifest."""
+    folder = Path(params.data.root) / "shards" / dataset / split
+    fix = f"run `nepa prepare embedded && {PREPARE[dataset]}` (embedded scale) or `{PREPARE[dataset]}`"
+    require_file(folder.parent / "manifest.json", f"prepared {dataset} shards", fix)
+    return folder
+
+
+def resume_key(params: Params, section: str, operational: tuple[str, ...], *inputs: Path | None) -> str:
+    """Digest of what decides a run's weights: seed, the verb's section (less `operational` keys, which only
+    change how a run is observed or stopped) and the input files (backbone, data manifest): the engine
+    refuses to resume a checkpoint written under another key."""
+    dump = params.model_dump(mode="json")
+    decisive = {k: v for k, v in dump[section].items() if k not in operational}
+    files = [sha256_file(p) if p else RANDOM for p in inputs]
+    return hashlib.sha256(json.dumps([params.seed, decisive, files], sort_keys=True).encode()).hexdigest()

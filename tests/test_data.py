@@ -307,6 +307,10 @@ def test_ranks_read_disjoint_samples_and_global_batches_do_not_depend_on_world(p
              for r in range(3)]  # fmt: skip
     assert sorted(i for e in evals for b in e for i in b) == list(range(VAL))
     assert num_batches(prepared / "data/shards/imagenet/val", batch_size=16, world=3, drop_last=False) == len(evals[0])
+    # 34 samples on 3 ranks: 12, 11, 11, so rank 0 has one batch of 11 more; each length is what it yields
+    uneven = [StridedBatches(34, batch_size=11, rank=r, world=3, seed=0, epoch=0, start_batch=0, drop_last=False)
+              for r in range(3)]  # fmt: skip
+    assert [len(s) for s in uneven] == [len(list(s)) for s in uneven] == [2, 1, 1]
 
 
 def test_loading_leaves_the_training_generators_alone(prepared: Path) -> None:

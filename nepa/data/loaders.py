@@ -141,9 +141,9 @@ class ShardDataset(Dataset):
             return self.view(image, target)
 
 
-def _rank_batches(n: int, *, batch_size: int, world: int, drop_last: bool) -> int:
-    per_rank = n // world if drop_last else -(-n // world)
-    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+def _rank_batches(n: int, *, batch_size: int, world: int, drop_last: bool, rank: int = 0) -> int:
+    mine = len(range(rank, n // world * world if drop_last else n, world))  # samples of this rank
+    return mine // batch_size if drop_last else -(-mine // batch_size)
 
 
 def num_batches(split_dir: str | Path, *, batch_size: int, world: int, drop_last: bool = True) -> int:
@@ -160,7 +160,7 @@ class StridedBatches(Sampler[list[int]]):
             raise ValueError(f"rank {rank} is not within world {world}")
         self.n, self.batch_size, self.rank, self.world, self.seed, self.epoch = n, batch_size, rank, world, seed, epoch
         self.drop_last, self.start_batch = drop_last, start_batch
-        self.total = _rank_batches(n, batch_size=batch_size, world=world, drop_last=drop_last)
+        self.total = _rank_batches(n, batch_size=batch_size, world=world, drop_last=drop_last, rank=rank)
         if not 0 <= start_batch <= self.total:
             raise ValueError(f"start_batch {start_batch} is not within the epoch's {self.total} batches")
 
@@ -170,9 +170,7 @@ class StridedBatches(Sampler[list[int]]):
             order = order[: self.n // self.world * self.world]
         mine = order[self.rank :: self.world]
         for b in range(self.start_batch, self.total):
-            batch = mine[b * self.batch_size : (b + 1) * self.batch_size]
-            if len(batch):
-                yield batch.tolist()
+            yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
 
     def __len__(self) -> int:
         return self.total - self.start_batch

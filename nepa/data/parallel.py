@@ -27,8 +27,10 @@ def run_parallel(
     whole) and its exception is raised here, so a UserError from a worker reaches the CLI as it is.
     """
     tasks = list(tasks)
+    if not tasks:
+        return
     with (
-        ProcessPoolExecutor(max_workers=min(cpu_workers(workers), max(len(tasks), 1))) as pool,
+        ProcessPoolExecutor(max_workers=min(cpu_workers(workers), len(tasks))) as pool,
         tqdm(total=sum(w for _, w in tasks), desc=desc, unit=unit, dynamic_ncols=True) as bar,
     ):
         pending: dict[Future[R], int] = {pool.submit(fn, task): weight for task, weight in tasks}

@@ -56,13 +56,17 @@ def build_model(params: Params, weights: Path | None, num_classes: int) -> NepaV
     return model
 
 
+def make_mixup(f: FinetuneParams, num_classes: int) -> Mixup | None:
+    """timm's batch-wise Mixup/CutMix (one of the two per batch, switch probability 0.5, as MAE and DeiT),
+    whose soft targets carry the label smoothing; None where both are off."""
+    if f.mixup <= 0 and f.cutmix <= 0:
+        return None
+    return Mixup(mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, label_smoothing=f.label_smoothing, num_classes=num_classes)
+
+
 def make_loss(f: FinetuneParams, num_classes: int) -> Callable[[nn.Module, Any], Tensor]:
-    """The micro-batch loss: Mixup/CutMix (timm) with label smoothing and soft-target CE, as MAE and DeiT;
-    plain label-smoothed CE where both are off."""
-    mixup = None
-    if f.mixup > 0 or f.cutmix > 0:
-        mixup = Mixup(mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, label_smoothing=f.label_smoothing,
-                      num_classes=num_classes)  # fmt: skip
+    """The micro-batch loss: soft-target CE after Mixup/CutMix, or label-smoothed CE where both are off."""
+    mixup = make_mixup(f, num_classes)
     criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=f.label_smoothing)
 
     def loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:

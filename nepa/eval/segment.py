@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 from collections.abc import Iterable
-from typing import Any
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -43,8 +43,8 @@ AUX_WEIGHT = 0.4  # the mmseg UperNet configs' auxiliary FCN loss weight
 
 
 def default_taps(depth: int) -> tuple[int, ...]:
-    """0-based blocks d/3, d/2, 2d/3, d (1-based): 3/5/7/11 for ViT-B, 7/11/15/23 for ViT-L, as BEiT and MAE."""
-    return (depth // 3 - 1, depth // 2 - 1, 2 * depth // 3 - 1, depth - 1)
+    """0-based blocks d/3, d/2, 2d/3, d (1-based, rounded): 3/5/7/11 for ViT-B, 7/11/15/23 for ViT-L (BEiT, MAE)."""
+    return tuple(round(depth * f) - 1 for f in (1 / 3, 1 / 2, 2 / 3, 1))
 
 
 def to_targets(masks: Tensor) -> Tensor:
@@ -102,13 +102,16 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s: Segm
     return confusion.cpu()
 
 
-def build_model(params: Params, weights: Any, num_classes: int, device: torch.device, world: int) -> UperNet:
+def build_model(params: Params, weights: Path | None, num_classes: int, device: torch.device, world: int) -> UperNet:
     s = params.segment
     rng.seed_all(params.seed)  # the same head (and random-init backbone) on every rank
     backbone = stage.build(params, weights, num_classes=0, causal=False, drop_path=s.drop_path)
     taps = s.taps or default_taps(backbone.cfg.depth)
-    if not all(0 <= t < backbone.cfg.depth for t in taps):
-        raise UserError(f"segment.taps {taps}: blocks are 0..{backbone.cfg.depth - 1} for {params.model.timm_name}")
+    if len(taps) != 4 or list(taps) != sorted(set(taps)) or not 0 <= taps[0] <= taps[-1] < backbone.cfg.depth:
+        raise UserError(
+            f"segment.taps {taps}: need four increasing blocks within 0..{backbone.cfg.depth - 1} "
+            f"for {params.model.timm_name}; set segment.taps"
+        )
     model = UperNet(backbone, taps, s.channels, num_classes)
     if world > 1 and device.type == "cuda":  # batch statistics over the global batch, as mmseg's SyncBN
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -29,6 +29,7 @@ from nepa.engine.faults import EXIT_INJECTED
 from nepa.engine.signals import EXIT_REQUEUE
 from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import UserError
+from nepa.official import read_official
 
 DATA = ["data.embedded_images=[256,64]", "data.embedded_scenes=[4,2]", "data.images_per_shard=128"]
 # 256 images / 8 per micro-batch = 32 micro-batches, 2 per step on one process: 16 steps in the epoch.
@@ -61,10 +62,13 @@ def environment(**extra: str) -> dict[str, str]:
     return {**keep, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **extra}
 
 
-def command(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...] = ()) -> list[str]:
+def arguments(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...] = ()) -> list[str]:
     every = [*DATA, f"data.root={root / 'data'}", f"runs={runs}", *RUN, *sets]
-    return [sys.executable, "-m", "nepa.cli", verb, "--params", str(root / "params.yaml"), *args,
-            *(x for s in every for x in ("--set", s))]  # fmt: skip
+    return [verb, "--params", str(root / "params.yaml"), *args, *(x for s in every for x in ("--set", s))]
+
+
+def command(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "nepa.cli", *arguments(root, runs, verb, *sets, args=args)]
 
 
 def nepa(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...] = (), **env: str):
@@ -125,8 +129,7 @@ def test_pretrain_then_export_loads_in_timm(root: Path, tmp_path: Path) -> None:
     done = nepa(root, tmp_path, "pretrain", "pretrain.max_steps=2", "variant=mask_40")
     assert done.returncode == 0, done.stderr
     assert (folder(tmp_path, "tiny-mask_40") / "metrics.json").is_file()
-    out = nepa(root, tmp_path, "export", "variant=mask_40")
-    assert out.returncode == 0, out.stderr
+    assert nepa_main(arguments(root, tmp_path, "export", "variant=mask_40")) == 0  # no process group: in here
     export = tmp_path / "tiny-mask_40" / "export"
     model = timm.create_model("nepa_tiny_patch4_32", pretrained=str(export / "model.safetensors"))
     assert model.mask_token is not None
@@ -135,9 +138,10 @@ def test_pretrain_then_export_loads_in_timm(root: Path, tmp_path: Path) -> None:
     assert not identical(online, ema)
     card = (export / "README.md").read_text()
     assert "- weights: ema" in card and "- step: 2" in card and "params_sha256" in card and "manifest sha256" in card
-    out = nepa(root, tmp_path, "export", "variant=mask_40", args=("--weights", "online", "--format", "official"))
-    assert out.returncode == 0, out.stderr
-    assert (export / "official" / "model.safetensors").is_file() and (export / "official" / "config.json").is_file()
+    official = ("--weights", "online", "--format", "official")
+    assert nepa_main(arguments(root, tmp_path, "export", "variant=mask_40", args=official)) == 0
+    state, cfg = read_official(export / "official")
+    assert cfg.mask_token and identical(state, online)
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +153,11 @@ def untrained(root: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.Series
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2, 3])
-def test_each_zero_stage_trains(root: Path, tmp_path: Path, stage: int, untrained: pd.Series) -> None:
-    done = nepa(root, tmp_path, "pretrain", f"pretrain.zero_stage={stage}", "pretrain.max_steps=16")
+@pytest.mark.parametrize("stage, precision", [(0, "fp32"), (1, "fp32"), (2, "fp32"), (3, "fp32"), (3, "bf16")])
+def test_each_zero_stage_trains(root: Path, tmp_path: Path, stage: int, precision: str, untrained: pd.Series) -> None:
+    """The loss falls under every ZeRO stage, and under bf16 autocast (CPU autocast here, as on GPU)."""
+    sets = (f"pretrain.zero_stage={stage}", f"pretrain.precision={precision}", "pretrain.max_steps=16")
+    done = nepa(root, tmp_path, "pretrain", *sets)
     assert done.returncode == 0, done.stderr
     gain = losses(tmp_path) - untrained  # step by step on the same batches: batch-to-batch noise cancels
     assert len(gain) == 16 and gain.iloc[-8:].mean() < -0.02, gain.tolist()
@@ -233,3 +239,21 @@ def test_two_processes_match_one_and_resume_exactly_after_a_signal(root: Path, t
     (online_s, ema_s) = final(stopped)
     assert identical(online_s, online_2) and identical(ema_s, ema_2)
     assert losses(stopped).equals(losses(two))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
+def test_single_node_launchers(root: Path, tmp_path: Path, launcher: str) -> None:
+    """`torchrun --nproc_per_node 2` and `deepspeed --num_gpus 2` (on CPU: two gloo processes) run the verb."""
+    bin_dir = Path(sys.executable).parent
+    port = str(29600 + os.getpid() % 1000)
+    start_ = {
+        "torchrun": [bin_dir / "torchrun", "--nproc_per_node", "2", "--master_port", port, "-m"],
+        "deepspeed": [bin_dir / "deepspeed", "--num_gpus", "2", "--master_port", port, "--module"],
+    }[launcher]
+    args = arguments(root, tmp_path, "pretrain", "pretrain.max_steps=2")
+    done = subprocess.run([*map(str, start_), "nepa.cli", *args], env=environment(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = read_state(latest_checkpoint(folder(tmp_path) / "checkpoints"))
+    assert (state.step, state.world) == (2, 2)

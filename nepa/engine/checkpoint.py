@@ -142,6 +142,7 @@ class Checkpoints:
             os.replace(partial / name, final)
             _atomic_write_text(self.folder / LATEST, name + "\n")  # also fsyncs the folder: the rename is durable
             self._prune()
+            shutil.rmtree(partial)  # with the scripts DeepSpeed copies beside every save
         barrier()
         return final
 

@@ -68,6 +68,8 @@ def build_model(params: Params) -> models.NepaViT:
 
 
 def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    # The deepspeed launcher appends --local_rank=N; LOCAL_RANK, which it also sets, is what counts.
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     _, params = parse_with_params(parser, argv)
     split = train_split(params)
     env = distributed.from_environ()

@@ -139,10 +139,18 @@ def _outside_any_job() -> Iterator[None]:
         yield
 
 
-def queue_state(job_id: str) -> str:
-    """The job's state from squeue ('' once SLURM forgot it): works with and without accounting (sacct)."""
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else ""
+def queue_state(job_id: str) -> str | None:
+    """The job's state from squeue, which works with and without accounting (sacct): '' once SLURM has
+    forgotten the job, None when SLURM does not answer (a controller restart is no reason to give up)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=120
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode == 0:
+        return out.stdout.strip()
+    return "" if "Invalid job id" in out.stderr else None
 
 
 class _Tail:
@@ -169,7 +177,7 @@ def follow(verb: str, job: submitit.Job) -> str | None:
     """Stream task 0's logs until every task has left a result (None) or the job has ended without."""
     tails = [_Tail(job.paths.stdout, sys.stdout), _Tail(job.paths.stderr, sys.stderr)]
     results = [job.task(i).paths.result_pickle for i in range(job.num_tasks)]
-    state, ended_at, poll_s, next_poll = "", None, 1.0, 0.0
+    state, ended_at, poll_s, next_poll = "PENDING", None, 1.0, 0.0
     while True:
         for tail in tails:
             tail.pump()
@@ -178,9 +186,9 @@ def follow(verb: str, job: submitit.Job) -> str | None:
         now = time.monotonic()
         if now >= next_poll:
             new = queue_state(job.job_id)
-            if new != state and new:
-                print(f"nepa {verb}: SLURM job {job.job_id} {new}", file=sys.stderr, flush=True)
-            state = new
+            if new is not None and new != state:
+                state = new
+                print(f"nepa {verb}: SLURM job {job.job_id} {state or 'gone from the queue'}", file=sys.stderr)
             if state in ACTIVE_STATES:
                 ended_at = None
             elif ended_at is None:

@@ -8,6 +8,7 @@ socket, own ports), so two clusters can run side by side. Needs root and Debian'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -151,8 +152,15 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.2)
         raise TimeoutError(f"no {what} after {timeout_s:.0f} s; logs: {self.root / 'log'}")
 
-    def stop(self) -> None:
-        """Stop the daemons this cluster started (slurmd first, munged last), by pid."""
+    def stop(self, timeout_s: float = 60) -> None:
+        """Cancel what still runs (slurmstepd and a job's processes outlive slurmd), then stop the daemons
+        this cluster started (slurmd first, munged last), by pid."""
+        if all(proc.poll() is None for proc in self.procs):
+            with contextlib.suppress(RuntimeError, TimeoutError):
+                jobs = self.cmd("squeue", "-h", "-o", "%i").split()
+                if jobs:
+                    self.cmd("scancel", *jobs)
+                    self._wait(lambda: not self.cmd("squeue", "-h", "-o", "%i"), timeout_s, "jobs cancelled")
         for proc in reversed(self.procs):
             proc.terminate()
             try:

@@ -6,16 +6,21 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from nepa import launch
 from nepa.config import load_params
+from nepa.engine.checkpoint import EMA_FILE, latest_checkpoint, online_weights
 from nepa.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,25 +161,102 @@ def test_job_that_dies_outside_the_verb_is_a_failure(slurm, workdir: Path) -> No
 
 
 @pytest.mark.slow
-def test_preempted_stage_is_requeued_and_completes(slurm, workdir: Path) -> None:
-    """USR2 (what SLURM sends before the time limit, and at preemption with send_user_signal) to a running
-    stage: submitit requeues the job, the waiting verb follows the requeued run and exits 0 when it is done.
-    `nepa prepare` keeps no partial work, so the requeued run starts it again."""
+@pytest.mark.parametrize(
+    ("interrupt", "by"),
+    [(("scancel", "--signal", "USR2"), "this job is preempted"), (("scontrol", "requeue"), "Bypassing signal SIGTERM")],
+    ids=["usr2", "requeue"],
+)
+def test_preempted_stage_is_requeued_and_completes(slurm, workdir: Path, interrupt: tuple[str, ...], by: str) -> None:
+    """A running stage gets USR2 (what SLURM sends before the time limit, and at a preemption with
+    send_user_signal: submitit requeues the job) or is requeued by SLURM (SIGTERM, as at a preemption with
+    PreemptMode=REQUEUE); the waiting verb follows the requeued run and exits 0 when it is done. `nepa
+    prepare` keeps no partial work, so the requeued run starts it again."""
     log = workdir / "outer.err"
-    args = ["prepare", "embedded", *SUBMITIT, "--set", "data.embedded_images=[20000,2000]"]
+    args = ["prepare", "embedded", *SUBMITIT, *SMALL_DATA, "--set", "data.embedded_images=[10000,2000]"]
     with log.open("w") as err:
         outer = subprocess.Popen([sys.executable, "-m", "nepa.cli", *args], stderr=err)
     try:
         wait_for(lambda: "logs:" in log.read_text(), 60, "submission")
         job_id, _, stderr_log = submitted(log.read_text())
         wait_for(lambda: stderr_log.exists() and "embedded imagenet" in stderr_log.read_text(), 120, "progress")
-        slurm.cmd("scancel", "--signal", "USR2", job_id)
+        slurm.cmd(*interrupt, job_id)
         slurm.release(job_id)
         assert outer.wait(timeout=300) == 0, log.read_text()
     finally:
         outer.kill()
     text = log.read_text()
     # submitit's handler and SLURM, in the job log that the verb streamed
-    assert "this job is preempted" in text and f"JOB {job_id} ON {slurm.node} CANCELLED" in text
-    assert "DUE TO JOB REQUEUE" in text
+    assert by in text and f"JOB {job_id} ON {slurm.node} CANCELLED" in text and "DUE TO JOB REQUEUE" in text, text
     assert len(list((workdir / "data/raw/imagenet/val").glob("*/*.JPEG"))) == 2000
+
+
+# ---- pretraining (nepa/engine) under SLURM ----------------------------------------------------
+
+# A tiny run as in tests/test_engine_runs.py: 256 images, 8-image micro-batches, 16 steps of 16 images.
+PRETRAIN_DATA = ["data.embedded_images=[256,64]", "data.embedded_scenes=[4,2]", "data.images_per_shard=128"]
+PRETRAIN_RUN = [
+    "pretrain.global_batch=16", "pretrain.micro_batch=8", "pretrain.epochs=1", "pretrain.warmup_epochs=0.1",
+    "pretrain.log_every=1", "pretrain.checkpoint_every=4", "pretrain.num_workers=0",
+    # two SLURM tasks on the node's two CPUs: ranks and rendezvous come from submitit's job environment
+    "launcher.kind=submitit", "launcher.processes=2", "launcher.slurm.cpus_per_task=1", "launcher.slurm.mem_gb=4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with params.yaml and prepared embedded ImageNet shards (made here, without SLURM)."""
+    root = tmp_path_factory.mktemp("pretrain")
+    shutil.copy(ROOT / "params.yaml", root)
+    sets = [x for s in [*PRETRAIN_DATA, f"data.root={root / 'data'}"] for x in ("--set", s)]
+    for dataset in ("embedded", "imagenet"):
+        out = nepa("prepare", dataset, "--params", str(root / "params.yaml"), *sets)
+        assert out.returncode == 0, out.stderr
+    return root
+
+
+def pretrain_command(root: Path, runs: Path) -> list[str]:
+    sets = [*PRETRAIN_DATA, f"data.root={root / 'data'}", f"runs={runs}", *PRETRAIN_RUN]
+    return ["pretrain", "--params", str(root / "params.yaml"), *(x for s in sets for x in ("--set", s))]
+
+
+def final_weights(runs: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(online, EMA) weights of the run's latest checkpoint."""
+    latest = latest_checkpoint(runs / "tiny-nepa/pretrain/checkpoints")
+    return online_weights(latest), load_file(latest / EMA_FILE)
+
+
+@pytest.mark.slow
+def test_preempted_pretraining_resumes_to_the_weights_of_an_uninterrupted_run(
+    slurm, shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two-task `nepa pretrain` jobs: one runs through; the other gets USR2 mid-run (SLURM's signal before
+    the time limit): the engine checkpoints at a step boundary on both ranks, submitit requeues the job, and
+    the requeued job resumes from that checkpoint and ends with bit-identical online and EMA weights."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two ranks on two cores
+    reference, preempted = tmp_path / "reference", tmp_path / "preempted"
+    out = nepa(*pretrain_command(shards, reference), timeout=600)
+    assert out.returncode == 0, out.stderr
+    submitted(out.stderr)
+
+    log = tmp_path / "outer.err"
+    with log.open("w") as err:
+        outer = subprocess.Popen([sys.executable, "-m", "nepa.cli", *pretrain_command(shards, preempted)], stderr=err)
+    try:
+        metrics = preempted / "tiny-nepa/pretrain/metrics.csv"
+        wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > 5, 300, "5 steps")
+        job_id, _, _ = submitted(log.read_text())
+        slurm.cmd("scancel", "--signal", "USR2", job_id)
+        slurm.release(job_id)
+        assert outer.wait(timeout=600) == 0, log.read_text()
+    finally:
+        outer.kill()
+    text = log.read_text()
+    assert "this job is preempted" in text and "DUE TO JOB REQUEUE" in text and "resuming from" in text, text
+    stopped = re.search(rf"signal {int(signal.SIGUSR2)} at step (\d+): checkpointed", text)  # the engine, rank 0
+    assert stopped and 5 <= int(stopped[1]) < 16, text
+    (online, ema), (online_ref, ema_ref) = final_weights(preempted), final_weights(reference)
+    assert online.keys() == online_ref.keys() and all(torch.equal(online[k], online_ref[k]) for k in online)
+    assert ema.keys() == ema_ref.keys() and all(torch.equal(ema[k], ema_ref[k]) for k in ema)
+    curve = ["step", "epoch", "loss", "lr", "grad_norm"]  # the loss curve, without its timings
+    assert pd.read_csv(metrics)[curve].equals(pd.read_csv(reference / "tiny-nepa/pretrain/metrics.csv")[curve])

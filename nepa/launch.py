@@ -34,7 +34,7 @@ from nepa.errors import UserError
 if TYPE_CHECKING:  # a SLURM task unpickles StageTask from here: it need not load nepa.config's torch
     from nepa.config import LauncherParams, Params
 
-# squeue states after which the job may still run (anything else, or no answer: it has ended).
+# squeue states after which the job may still run (any other, or none: SLURM has ended it).
 ACTIVE_STATES = frozenset(
     {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"}
     | {"RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -143,9 +143,8 @@ def queue_state(job_id: str) -> str | None:
     """The job's state from squeue, which works with and without accounting (sacct): '' once SLURM has
     forgotten the job, None when SLURM does not answer (a controller restart is no reason to give up)."""
     try:
-        out = subprocess.run(
-            ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=120
-        )  # fmt: skip
+        command = ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return None
     if out.returncode == 0:
@@ -201,7 +200,7 @@ def follow(verb: str, job: submitit.Job) -> str | None:
 
 
 def run_on_cluster(verb: str, argv: list[str], params: Params) -> int:
-    """Run `nepa VERB ARGV` as a SLURM job; its exit status (the first non-zero task's), or 1 if it never ended."""
+    """Run `nepa VERB ARGV` as a SLURM job: its exit status (the first failed task's), 1 if SLURM ended it."""
     ex = executor(verb, params.launcher)
     task = StageTask([verb, *argv, "--set", "launcher.kind=local"], os.getcwd())
     try:
@@ -215,7 +214,6 @@ def run_on_cluster(verb: str, argv: list[str], params: Params) -> int:
         f"nepa {verb}: submitted SLURM job {job.job_id} ({ex.parameters['nodes']} node(s) x "
         f"{ex.parameters['ntasks_per_node']} task(s)); logs: {job.paths.stdout} {log}",
         file=sys.stderr,
-        flush=True,
     )
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # Snakemake cancels with SIGTERM
     try:
@@ -230,9 +228,12 @@ def run_on_cluster(verb: str, argv: list[str], params: Params) -> int:
         print(f"nepa {verb}: SLURM job {job.job_id} ended ({ended}) without finishing; log: {log}", file=sys.stderr)
         return 1
     try:
-        status = next((s for s in job.results() if s), 0)
-    except (FailedJobError, UncompletedJobError):  # the task itself raised (its traceback is in the log above)
-        status = 1
-    if status:
-        print(f"nepa {verb}: SLURM job {job.job_id} failed (exit status {status}); log: {log}", file=sys.stderr)
-    return status
+        statuses = job.results()  # one per task: the verb's exit status
+    except (FailedJobError, UncompletedJobError):  # a task itself raised (its traceback is in the log above)
+        statuses = [1]
+    failed = next((i for i, status in enumerate(statuses) if status), None)
+    if failed is None:
+        return 0
+    log = job.task(failed).paths.stderr
+    print(f"nepa {verb}: SLURM job {job.job_id} failed (exit status {statuses[failed]}); log: {log}", file=sys.stderr)
+    return statuses[failed]

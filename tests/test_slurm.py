@@ -161,6 +161,25 @@ def test_job_that_dies_outside_the_verb_is_a_failure(slurm, workdir: Path) -> No
 
 
 @pytest.mark.slow
+def test_stopping_the_waiting_verb_cancels_its_job(slurm, workdir: Path) -> None:
+    """Snakemake stops a job with SIGTERM: the stage must not run on, unwatched, beside a rerun."""
+    log = workdir / "outer.err"
+    with log.open("w") as err:
+        outer = subprocess.Popen([sys.executable, "-m", "nepa.cli", "prepare", "embedded", *SUBMITIT], stderr=err)
+    try:
+        wait_for(lambda: "RUNNING" in log.read_text(), 120, "a running job")
+        outer.terminate()
+        assert outer.wait(timeout=60) == 130
+    finally:
+        outer.kill()
+    job_id, _, stderr_log = submitted(log.read_text())
+    assert log.read_text().rstrip().splitlines()[-1] == (
+        f"nepa prepare: interrupted; cancelled SLURM job {job_id}; log: {stderr_log}"
+    )  # fmt: skip
+    wait_for(lambda: slurm.job_state(job_id) == "CANCELLED", 60, "cancelled job")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("interrupt", "by"),
     [(("scancel", "--signal", "USR2"), "this job is preempted"), (("scontrol", "requeue"), "Bypassing signal SIGTERM")],

@@ -41,9 +41,8 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def nepa(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`nepa ARGS` as Snakemake or DVC runs it: its own process."""
-    return subprocess.run(
-        [sys.executable, "-m", "nepa.cli", *args], capture_output=True, text=True, timeout=timeout
-    )  # fmt: skip
+    command = [sys.executable, "-m", "nepa.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
 def submitted(stderr: str) -> tuple[str, Path, Path]:

@@ -3,7 +3,9 @@
 #
 #   snakemake --cores all                 the embedded default end to end (or the paper, at scale: full)
 #   snakemake ablations --cores all       Table 1 variants and their own report
-#   snakemake --profile slurm             the same DAG on a SLURM cluster (workflow/profiles/slurm)
+#   snakemake --profile slurm             the same DAG, every stage a SLURM job (workflow/profiles/slurm)
+
+import os
 
 from snakemake.utils import validate
 
@@ -16,6 +18,9 @@ container: f"docker://{IMAGE}"
 conda: "envs/environment.yaml"
 
 configfile: "params.yaml"
+# `--config nepa_launcher=submitit` (the slurm profile): every rule's verb submits itself to SLURM.
+if "nepa_launcher" in config:
+    os.environ["NEPA_LAUNCHER"] = config.pop("nepa_launcher")
 validate(config, "workflow/schemas/params.schema.json")
 PARAMS = load_params("params.yaml")
 

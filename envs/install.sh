@@ -80,4 +80,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 "$venv/bin/python" envs/patch_torchvision.py
 "$venv/bin/python" -c "import timm, nepa.models" || { echo "nepa setup: import timm failed" >&2; exit 1; }
+# `snakemake --profile slurm` finds profiles by name in the user's config: link ours there.
+profiles=${XDG_CONFIG_HOME:-$HOME/.config}/snakemake
+if [ ! -e "$profiles/slurm" ]; then
+  mkdir -p "$profiles" && ln -s "$PWD/workflow/profiles/slurm" "$profiles/slurm"
+elif [ "$(readlink -f "$profiles/slurm")" != "$(readlink -f workflow/profiles/slurm)" ]; then
+  say "note: $profiles/slurm is another profile; use --workflow-profile workflow/profiles/slurm"
+fi
 say "ready: $venv (torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'))"

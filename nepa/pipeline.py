@@ -31,11 +31,12 @@ class Stage:
     metrics: tuple[str, ...] = ()
     plots: tuple[str, ...] = ()
     per_model: bool = False  # one instance per (size, variant)
-    resources: str = ""  # launcher stage key for threads/memory/GPUs (see LauncherParams)
     extra_outs: tuple[str, ...] = field(default=())  # small files kept in git, not the DVC cache
     # Outputs a re-run continues instead of replacing (checkpoints: resume after an interruption).
     # DVC: persist: true; Snakemake: update(). The engine itself refuses checkpoints of other params.
     persist: tuple[str, ...] = ()
+    # Outputs `snakemake --report` shows: (template, file patterns inside it; () for a file).
+    shown: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -51,6 +52,7 @@ STAGES: tuple[Stage, ...] = (
         "nepa prepare imagenet",
         deps=("{data}/raw",),
         outs=("{data}/shards/imagenet",),
+        persist=("{data}/shards/imagenet",),  # an interrupted prepare writes only the missing shards
         params=("scale", "data"),
     ),
     Stage(
@@ -58,6 +60,7 @@ STAGES: tuple[Stage, ...] = (
         "nepa prepare ade20k",
         deps=("{data}/raw",),
         outs=("{data}/shards/ade20k",),
+        persist=("{data}/shards/ade20k",),  # an interrupted prepare writes only the missing shards
         params=("scale", "data"),
     ),
     Stage(
@@ -67,9 +70,9 @@ STAGES: tuple[Stage, ...] = (
         outs=(RUN + "/pretrain/checkpoints",),
         persist=(RUN + "/pretrain/checkpoints",),
         params=("recipe", "scale", "seed", "model", "objective", "pretrain"),
+        metrics=(RUN + "/pretrain/metrics.json",),  # the final loss: the collapse check
         plots=(RUN + "/pretrain/metrics.csv",),
         per_model=True,
-        resources="pretrain",
     ),
     Stage(
         "export",
@@ -89,7 +92,6 @@ STAGES: tuple[Stage, ...] = (
         metrics=(RUN + "/finetune/metrics.json",),
         plots=(RUN + "/finetune/metrics.csv",),
         per_model=True,
-        resources="finetune",
     ),
     Stage(
         "probe",
@@ -99,7 +101,6 @@ STAGES: tuple[Stage, ...] = (
         params=("seed", "probe"),
         metrics=(RUN + "/probe/metrics.json",),
         per_model=True,
-        resources="probe",
     ),
     Stage(
         "segment",
@@ -111,7 +112,6 @@ STAGES: tuple[Stage, ...] = (
         metrics=(RUN + "/segment/metrics.json",),
         plots=(RUN + "/segment/metrics.csv",),
         per_model=True,
-        resources="segment",
     ),
 )
 REPORT = Stage(
@@ -121,6 +121,7 @@ REPORT = Stage(
     outs=("{results}/report",),
     params=("recipe", "scale", "sizes", "variants"),
     extra_outs=("{results}/report.md", "{results}/report.html"),
+    shown=(("{results}/report", ("{name}.png", "{name}.csv")), ("{results}/report.html", ())),
 )
 DOWNSTREAM = ("finetune", "probe", "segment")  # what a variant's row in the report needs
 
@@ -141,7 +142,8 @@ def report_inputs(params: Params) -> list[str]:
             for s in STAGES:
                 if s.per_model and (s.name in DOWNSTREAM or s.plots):
                     paths += [fill(p, params, size=size, variant=variant) for p in (*s.metrics, *s.plots)]
-    return paths
+            paths.append(fill(RUN + "/export", params, size=size, variant=variant))  # the maps' models
+    return [*paths, fill("{data}/shards/imagenet", params)]  # the maps' validation images
 
 
 # ---- dvc.yaml ------------------------------------------------------------------------------------

@@ -5,19 +5,23 @@ import json
 from nepa.pipeline import fill, report_inputs, stage
 
 
-def _paths(templates):
-    return [fill(t, PARAMS, size="{size}", variant="{variant}") for t in templates]
-
-
 def stage_inputs(name):
-    return _paths(stage(name).deps)
+    return [fill(t, PARAMS, size="{size}", variant="{variant}") for t in stage(name).deps]
 
 
 def stage_outputs(name):
     s = stage(name)
-    folders = [update(directory(p)) if t in s.persist else directory(p) for t, p in zip(s.outs, _paths(s.outs))]
-    files = _paths(s.metrics + s.plots + s.extra_outs)
-    return folders + [report(p, category=s.name) if p.endswith(".png") else p for p in files]
+    shown = dict(s.shown)
+
+    def output(template, folder):
+        path = fill(template, PARAMS, size="{size}", variant="{variant}")
+        out = directory(path) if folder else path
+        out = update(out) if template in s.persist else out
+        if template in shown:  # what `snakemake --report` shows
+            out = report(out, patterns=list(shown[template]), category="NEPA report")
+        return out
+
+    return [output(t, True) for t in s.outs] + [output(t, False) for t in s.metrics + s.plots + s.extra_outs]
 
 
 def stage_shell(name):
@@ -38,9 +42,15 @@ def _variant(wildcards):
     return (f"variant={wildcards['variant']}",) if "variant" in wildcards.keys() else ()
 
 
+def stage_threads():
+    """Local runs: a stage takes every core. On SLURM the rule only waits for its job: one thread."""
+    return 1 if PARAMS.launcher.kind == "submitit" else workflow.cores
+
+
 def stage_resources(name):
-    """Threads and cluster resources of a stage, from params (launcher section)."""
-    slurm = PARAMS.launcher.slurm
+    """A stage's resources from params (launcher.stages over launcher.slurm), for scheduling and display."""
+    verb = stage(name).cmd.split()[1]
+    slurm = PARAMS.launcher.stages.get(verb, PARAMS.launcher.slurm)
     return dict(
         mem_mb=slurm.mem_gb * 1024,
         runtime=slurm.time_min,

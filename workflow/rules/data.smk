@@ -3,7 +3,7 @@
 rule prepare_embedded:
     output: *stage_outputs("prepare_embedded")
     params: settings=stage_params("prepare_embedded")
-    threads: workflow.cores
+    threads: stage_threads()
     shell: stage_shell("prepare_embedded")
 
 
@@ -11,7 +11,7 @@ rule prepare_imagenet:
     input: *stage_inputs("prepare_imagenet")
     output: *stage_outputs("prepare_imagenet")
     params: settings=stage_params("prepare_imagenet")
-    threads: workflow.cores
+    threads: stage_threads()
     shell: stage_shell("prepare_imagenet")
 
 
@@ -19,5 +19,5 @@ rule prepare_ade20k:
     input: *stage_inputs("prepare_ade20k")
     output: *stage_outputs("prepare_ade20k")
     params: settings=stage_params("prepare_ade20k")
-    threads: workflow.cores
+    threads: stage_threads()
     shell: stage_shell("prepare_ade20k")

@@ -4,7 +4,7 @@ rule finetune:
     input: *stage_inputs("finetune")
     output: *stage_outputs("finetune")
     params: settings=stage_params("finetune")
-    threads: workflow.cores
+    threads: stage_threads()
     resources: **stage_resources("finetune")
     shell: stage_shell("finetune")
 
@@ -13,7 +13,7 @@ rule probe:
     input: *stage_inputs("probe")
     output: *stage_outputs("probe")
     params: settings=stage_params("probe")
-    threads: workflow.cores
+    threads: stage_threads()
     resources: **stage_resources("probe")
     shell: stage_shell("probe")
 
@@ -22,6 +22,6 @@ rule segment:
     input: *stage_inputs("segment")
     output: *stage_outputs("segment")
     params: settings=stage_params("segment")
-    threads: workflow.cores
+    threads: stage_threads()
     resources: **stage_resources("segment")
     shell: stage_shell("segment")

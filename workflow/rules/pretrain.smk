@@ -4,7 +4,7 @@ rule pretrain:
     input: *stage_inputs("pretrain")
     output: *stage_outputs("pretrain")
     params: settings=stage_params("pretrain")
-    threads: workflow.cores
+    threads: stage_threads()
     resources: **stage_resources("pretrain")
     shell: stage_shell("pretrain")
 

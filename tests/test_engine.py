@@ -19,18 +19,21 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from nepa.config import load_params
 from nepa.engine import distributed, rng
 from nepa.engine.checkpoint import LATEST, PARTIAL, STATE_FILE, Checkpoints, tag
 from nepa.engine.distributed import DistEnv
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
+from nepa.engine.pretrain import build_model, images_loss
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption
 from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import EXIT_USAGE, UserError
 from nepa.models import create
 from nepa.models.weights import atomic_save_safetensors
+from nepa.presets import ABLATIONS
 
 
 def test_global_batch_must_be_whole_micro_batches() -> None:
@@ -155,3 +158,22 @@ def test_tidy_removes_what_a_killed_save_left(tmp_path: Path) -> None:
     (folder / LATEST).write_text(tag(9) + "\n")
     with pytest.raises(UserError, match="not a complete checkpoint"):
         checkpoints.latest()
+
+
+@pytest.mark.parametrize("variant", sorted(ABLATIONS))
+def test_pretraining_honours_every_variant(variant: str, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    params = load_params(tmp_path / "params.yaml", (f"variant={variant}",))
+    model = build_model(params)
+    assert (model.mask_token is not None) == (params.objective.mask_ratio > 0)
+    assert model.cfg.layerscale_init == (1e-5 if params.model.layerscale else None)
+    assert (model.cfg.rope, model.cfg.qk_norm, model.cfg.mlp_gated) == (
+        params.model.rope,
+        params.model.qk_norm,
+        params.model.mlp == "swiglu",
+    )
+    loss = images_loss(model, (torch.rand(2, 3, 32, 32) * 2 - 1, torch.zeros(2, dtype=torch.long)), params.objective)
+    loss.backward()
+    assert torch.isfinite(loss) and model.patch_embed.weight.grad is not None
+    if params.objective.mask_ratio > 0:
+        assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0

@@ -28,7 +28,7 @@ from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
 from nepa.engine.pretrain import build_model, images_loss
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
-from nepa.engine.signals import EXIT_REQUEUE, Preemption
+from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import EXIT_USAGE, UserError
 from nepa.models import create
@@ -177,3 +177,26 @@ def test_pretraining_honours_every_variant(variant: str, tmp_path: Path) -> None
     assert torch.isfinite(loss) and model.patch_embed.weight.grad is not None
     if params.objective.mask_ratio > 0:
         assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+
+
+class _Dispositions(torch.utils.data.Dataset):
+    """What a worker sees: its handlers of the three signals, and whether the loader's own worker_init_fn ran."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> list[int]:
+        signals = [int(signal.getsignal(sig)) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)]
+        return [*signals, int(os.environ.get("WORKER_INIT_RAN", "0"))]
+
+
+def _worker_init(worker_id: int) -> None:
+    os.environ["WORKER_INIT_RAN"] = "1"
+
+
+def test_dataloader_workers_outlive_a_preemption_signal() -> None:
+    """SLURM signals the workers too; torch's would die of SIGTERM and take the run down before it checkpoints."""
+    loader = torch.utils.data.DataLoader(_Dispositions(), num_workers=1, worker_init_fn=_worker_init)
+    shield_workers(loader)
+    (seen,) = list(loader)
+    assert [int(x) for x in seen] == [int(signal.SIG_IGN)] * 3 + [1]

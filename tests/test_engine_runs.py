@@ -77,11 +77,11 @@ def nepa(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...] = 
 
 
 def start(root: Path, runs: Path, *sets: str, log: Path, **env: str) -> subprocess.Popen:
-    """A background run whose output goes to `log` (a file: a full pipe would stall it)."""
+    """A background run in its own process group, output to `log` (a file: a full pipe would stall it)."""
     runs.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         return subprocess.Popen(command(root, runs, "pretrain", *sets), env=environment(**env), stdout=out,
-                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
 
 
 def two_processes(root: Path, runs: Path, *sets: str, on_start=None) -> list[tuple[int, str]]:
@@ -205,9 +205,10 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(root: Path, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2])
 def test_preemption_signal_checkpoints_and_exits_for_requeue(root: Path, tmp_path: Path, sig: signal.Signals) -> None:
-    proc = start(root, tmp_path, "pretrain.max_steps=16", log=tmp_path / "log")
+    """As SLURM does, the signal goes to every process of the run, its DataLoader workers too."""
+    proc = start(root, tmp_path, "pretrain.max_steps=16", "pretrain.num_workers=2", log=tmp_path / "log")
     wait_for_rows(folder(tmp_path) / "metrics.csv", 2, proc)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     status, output = proc.wait(timeout=300), (tmp_path / "log").read_text()
     assert status == EXIT_REQUEUE, output
     step = int(losses(tmp_path).index.max())

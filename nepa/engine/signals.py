@@ -23,11 +23,14 @@ checkpoint is complete instead of racing it, and the requeued job resumes from i
 
 from __future__ import annotations
 
+import functools
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DataLoader
 
 EXIT_REQUEUE = 75
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -68,3 +71,22 @@ class Preemption:
         previous = self._previous.get(signum)
         if callable(previous):
             previous(signum, None)
+
+
+def _ignore_preemption(worker_init: Callable[[int], None] | None, worker_id: int) -> None:
+    for sig in PREEMPTION_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if worker_init is not None:
+        worker_init(worker_id)
+
+
+def shield_workers(batches: object) -> None:
+    """Make a DataLoader's worker processes ignore the preemption signals.
+
+    SLURM signals every process of the job step, DataLoader workers included, and torch's workers die on a
+    SIGTERM that does not come from their parent, which then stops the training process with "DataLoader
+    worker is killed by signal" before it reaches the step boundary where it would checkpoint. The training
+    process decides what a signal means; its workers end with it as usual.
+    """
+    if isinstance(batches, DataLoader) and batches.num_workers > 0:
+        batches.worker_init_fn = functools.partial(_ignore_preemption, batches.worker_init_fn)

@@ -34,7 +34,7 @@ from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
-from nepa.engine.signals import EXIT_REQUEUE, Preemption
+from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.errors import UserError
 
 EXIT_NONFINITE = 3
@@ -200,7 +200,9 @@ class Trainer:
         in-process augmentation) off them.
         """
         with torch.random.fork_rng(devices=[]):
-            iterator = iter(self.task.batches(state.epoch, state.batch))
+            loader = self.task.batches(state.epoch, state.batch)
+            shield_workers(loader)
+            iterator = iter(loader)
         while True:
             with torch.random.fork_rng(devices=[]):
                 batch = next(iterator, None)

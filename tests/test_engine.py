@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 
 from nepa.config import load_params
 from nepa.engine import distributed, rng
-from nepa.engine.checkpoint import LATEST, PARTIAL, STATE_FILE, Checkpoints, tag
+from nepa.engine.checkpoint import LATEST, PARTIAL, STATE_FILE, Checkpoints, resume_key, tag
 from nepa.engine.distributed import DistEnv
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
-from nepa.engine.pretrain import build_model, images_loss
+from nepa.engine.pretrain import OPERATIONAL, build_model, images_loss
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.engine.trainer import EXIT_NONFINITE
@@ -200,3 +200,16 @@ def test_dataloader_workers_outlive_a_preemption_signal() -> None:
     shield_workers(loader)
     (seen,) = list(loader)
     assert [int(x) for x in seen] == [int(signal.SIG_IGN)] * 3 + [1]
+
+
+def test_resume_key_ignores_only_operational_params(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+
+    def key(*sets: str, data: str = "manifest-digest") -> str:
+        params = load_params(tmp_path / "params.yaml", sets)
+        return resume_key(params, ("model", "objective", "pretrain"), OPERATIONAL, data)
+
+    base = key()
+    assert key("pretrain.max_steps=5", "pretrain.log_every=1", "finetune.epochs=3") == base
+    changed = [key("seed=1"), key("pretrain.base_lr=0.1"), key("model.rope=false"), key("variant=no_stop_grad")]
+    assert base not in changed and key(data="other") != base

@@ -18,14 +18,17 @@ reads elsewhere (exported models) are safetensors.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import torch
 from deepspeed import DeepSpeedEngine
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from pydantic import BaseModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
@@ -52,6 +55,15 @@ class TrainState:
     zero_stage: int = 0
     resume_key: str = ""  # TrainConfig.resume_key of the run that wrote it
     card: dict[str, str] = dataclasses.field(default_factory=dict)  # the task's provenance: params hash, data...
+
+
+def resume_key(params: BaseModel, sections: Sequence[str], operational: Collection[str], *inputs: str) -> str:
+    """Digest of what decides a run's weights: the seed, the params `sections` the stage reads, less their
+    `operational` keys (those that only change how a run is observed or stopped), and the digests of its
+    input files (data manifest, initial weights). A checkpoint written under another key is not resumed."""
+    dump = params.model_dump(mode="json")
+    decisive = {s: {k: v for k, v in dump[s].items() if k not in operational} for s in sections}
+    return hashlib.sha256(json.dumps([dump["seed"], decisive, inputs], sort_keys=True).encode()).hexdigest()
 
 
 def tag(step: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from nepa.cli import parse_with_params
 from nepa.config import Params
 from nepa.data.loaders import make_loader, num_batches
 from nepa.engine import distributed, rng
-from nepa.engine.checkpoint import EMA_FILE, latest_checkpoint
+from nepa.engine.checkpoint import EMA_FILE, latest_checkpoint, resume_key
 from nepa.engine.trainer import Task, TrainConfig, Trainer
 from nepa.errors import require_file
 from nepa.objectives import Objective, pretrain_loss
@@ -45,14 +44,6 @@ def train_split(params: Params) -> Path:
         "run `nepa prepare embedded && nepa prepare imagenet` (embedded scale) or `nepa prepare imagenet`",
     )  # fmt: skip
     return split
-
-
-def resume_key(params: Params, data_sha256: str) -> str:
-    """Digest of what decides the pretrained weights: seed, model, objective, pretrain recipe, data."""
-    dump = params.model_dump(mode="json")
-    decisive = {k: dump[k] for k in ("seed", "model", "objective")}
-    decisive["pretrain"] = {k: v for k, v in dump["pretrain"].items() if k not in OPERATIONAL}
-    return hashlib.sha256(json.dumps([decisive, data_sha256], sort_keys=True).encode()).hexdigest()
 
 
 def images_loss(model: models.NepaViT, batch: tuple[Tensor, Tensor], objective: Objective) -> Tensor:
@@ -97,8 +88,9 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     }
     folder = stage_folder(params)
     cfg = TrainConfig.from_section(
-        p, folder=folder, seed=params.seed, name="nepa pretrain", card=card, resume_key=resume_key(params, data_sha256)
-    )
+        p, folder=folder, seed=params.seed, name="nepa pretrain", card=card,
+        resume_key=resume_key(params, ("model", "objective", "pretrain"), OPERATIONAL, data_sha256),
+    )  # fmt: skip
     status = Trainer(cfg, task, env, device).fit()
     if status == 0 and env.is_main:
         last = pd.read_csv(folder / "metrics.csv").iloc[-1]

@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "report": ("nepa.report", "main", "our numbers beside the paper's: tables, curves, maps"),
     "import-official": ("nepa.official_cli", "main", "convert a released SixAILab checkpoint to nepa files"),
     "params": ("nepa.config_cli", "main", "print the resolved params (presets, variant and --set applied)"),
+    "estimate": ("nepa.estimate", "main", "GPU-hours and wall time of each stage of a full reproduction"),
 }
 
 

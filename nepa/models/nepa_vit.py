@@ -106,18 +106,34 @@ def augment_coords(coords: Tensor, shift: float | None, jitter: float | None, re
 
 class Rope2D(nn.Module):
     inv_freq: Tensor
+    CACHED_SHAPES = 32  # (grid, dtype, device) entries kept; evaluation at many image sizes drops the oldest
 
     def __init__(self, cfg: NepaConfig):
         super().__init__()
         self.cfg = cfg
         inv_freq = 1.0 / cfg.rope_theta ** torch.arange(0, 1, 4 / cfg.head_dim, dtype=torch.float32)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cos_sin: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def forward(self, grid_h: int, grid_w: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         coords = patch_center_coords(grid_h, grid_w, self.inv_freq.device)
-        if self.training:
-            coords = augment_coords(coords, self.cfg.rope_shift, self.cfg.rope_jitter, self.cfg.rope_rescale)
-        return rope_cos_sin(coords, self.inv_freq, dtype)
+        cfg = self.cfg
+        if self.training and (cfg.rope_shift, cfg.rope_jitter, cfg.rope_rescale) != (None, None, None):
+            return rope_cos_sin(augment_coords(coords, cfg.rope_shift, cfg.rope_jitter, cfg.rope_rescale),
+                                self.inv_freq, dtype)  # fmt: skip
+        if torch.compiler.is_compiling():  # traced once into the graph anyway
+            return rope_cos_sin(coords, self.inv_freq, dtype)
+        # Without coordinate augmentation (evaluation), the same cos and sin at every call: computed once per
+        # shape, by the same function on the same inputs as above. Made outside inference mode, so that a later
+        # forward with gradients may save them for backward.
+        device = self.inv_freq.device
+        key = (grid_h, grid_w, dtype, device, self.inv_freq.dtype, torch.is_autocast_enabled(device.type))
+        if (found := self._cos_sin.get(key)) is None:
+            with torch.inference_mode(False):
+                found = self._cos_sin[key] = rope_cos_sin(coords, self.inv_freq, dtype)
+            while len(self._cos_sin) > self.CACHED_SHAPES:
+                self._cos_sin.pop(next(iter(self._cos_sin)))
+        return found
 
 
 def rope_cos_sin(coords: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

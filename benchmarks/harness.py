@@ -216,18 +216,22 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """The pretraining optimizer: AdamW, betas (0.9, 0.95), weight decay on matrices; fused kernels on CUDA."""
-    extra = {"fused": True} if device.type == "cuda" else {}
+def make_optimizer(model: nn.Module, device: torch.device, adamw: str = "auto") -> torch.optim.Optimizer:
+    """The pretraining optimizer: AdamW, betas (0.9, 0.95), weight decay on matrices. adamw: auto (fused on CUDA,
+    as the engine; torch's default elsewhere), fused, or foreach (torch's default on CUDA before the engine fused)."""
+    fused = {"auto": device.type == "cuda", "fused": True, "foreach": False}[adamw]
+    extra = {"fused": True} if fused else {"foreach": True} if adamw == "foreach" else {}
     return torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), **extra)
 
 
-def make_step(subject: Subject, device: torch.device, precision: str, compile_: bool) -> Callable[[Tensor], Tensor]:
+def make_step(
+    subject: Subject, device: torch.device, precision: str, compile_: bool, adamw: str = "auto"
+) -> Callable[[Tensor], Tensor]:
     """One optimizer step on a batch: forward (bf16 autocast over fp32 weights, as the engine), backward, gradient
     clipping at 1.0, AdamW. With compile_, the forward and loss go through torch.compile (the backward with them);
     the optimizer stays eager in both. Returns the loss (on the device: the step never waits for the host)."""
     model = subject.model.to(device).train()
-    optimizer = make_optimizer(model, device)
+    optimizer = make_optimizer(model, device, adamw)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def forward(images: Tensor) -> Tensor:

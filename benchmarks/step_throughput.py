@@ -49,8 +49,8 @@ MIN_MFU_B = 0.40
 
 
 def measure(subject: Subject, device: torch.device, precision: str, batch: int, compile_: bool, warmup: int,
-            steps: int) -> dict[str, Any]:  # fmt: skip
-    step = make_step(subject, device, precision, compile_)
+            steps: int, adamw: str) -> dict[str, Any]:  # fmt: skip
+    step = make_step(subject, device, precision, compile_, adamw)
     images = torch.randn(batch, 3, subject.img_size, subject.img_size, device=device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -128,9 +128,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps first, compilation included (default: GPU 5, CPU 2)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on GPU")
+    parser.add_argument(
+        "--adamw",
+        choices=["auto", "fused", "foreach"],
+        default="auto",
+        help="AdamW implementation (auto: fused on CUDA, as the engine; foreach: the unfused one)",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--no-sdpa-check", action="store_true", help="skip the attention-kernel record")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     names = args.models or (GPU_MODELS if gpu else CPU_MODELS)
@@ -141,7 +150,7 @@ def main() -> None:
     precision = args.precision if args.precision != "auto" else "bf16" if gpu else "fp32"
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     settings = dict(models=names, batches=batches, compile=args.compile, steps=steps, warmup=warmup,
-                    precision=precision, input="synthetic images on the device")  # fmt: skip
+                    precision=precision, adamw=args.adamw, input="synthetic images on the device")  # fmt: skip
     result = record("step_throughput", device, settings)
     peak = result["device"]["peak_bf16_tflops"] if precision == "bf16" else None
     print(f"step throughput on {result['device']['name']} ({precision}); {result['command']}", flush=True)
@@ -168,7 +177,7 @@ def main() -> None:
                     "train_gflop_per_image": round(flops / 1e9, 3), **{f"arch_{k}": v for k, v in subject.arch.items()},
                 }  # fmt: skip
                 try:
-                    row |= measure(subject, device, precision, batch, compiled, warmup, steps)
+                    row |= measure(subject, device, precision, batch, compiled, warmup, steps, args.adamw)
                 except torch.OutOfMemoryError:
                     row |= {"status": "OOM"}
                 except Exception as e:  # a compile failure is a result too; the other configurations go on

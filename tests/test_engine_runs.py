@@ -250,7 +250,7 @@ def test_single_node_launchers(root: Path, tmp_path: Path, launcher: str) -> Non
     port = str(29600 + os.getpid() % 1000)
     start_ = {
         "torchrun": [bin_dir / "torchrun", "--nproc_per_node", "2", "--master_port", port, "-m"],
-        "deepspeed": [bin_dir / "deepspeed", "--num_gpus", "2", "--master_port", port, "--module"],
+        "deepspeed": [bin_dir / "deepspeed", "--num_gpus", "2", "--master_port", port, "--no_local_rank", "--module"],
     }[launcher]
     args = arguments(root, tmp_path, "pretrain", "pretrain.max_steps=2")
     done = subprocess.run([*map(str, start_), "nepa.cli", *args], env=environment(), capture_output=True, text=True,

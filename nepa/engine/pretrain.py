@@ -1,8 +1,12 @@
 """`nepa pretrain`: NEPA pretraining of `model.size` under `variant` on the prepared ImageNet train split.
 
 Writes {runs}/{run_name}/pretrain/: checkpoints/ (resumed automatically), metrics.csv (the loss curve),
-metrics.json (provenance). Launch with one process, `deepspeed`/`torchrun`, or one SLURM task per GPU;
-exit status: 0 done, 75 preempted and checkpointed (rerun to resume), 3 non-finite loss, 2 bad input.
+metrics.json (provenance). Exit status: 0 done, 75 preempted and checkpointed (rerun to resume), 3 non-finite
+loss, 2 bad input. Launch as one process, or
+
+    torchrun --nproc_per_node N -m nepa.cli pretrain ...
+    deepspeed --num_gpus N --no_local_rank --module nepa.cli pretrain ...   (LOCAL_RANK comes from the env)
+    srun, one task per GPU, with MASTER_ADDR (and MASTER_PORT) exported      (nepa.engine.distributed)
 """
 
 from __future__ import annotations
@@ -59,8 +63,6 @@ def build_model(params: Params) -> models.NepaViT:
 
 
 def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    # The deepspeed launcher appends --local_rank=N; LOCAL_RANK, which it also sets, is what counts.
-    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     _, params = parse_with_params(parser, argv)
     split = train_split(params)
     env = distributed.from_environ()

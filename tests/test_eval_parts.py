@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
+from nepa.engine.schedule import warmup_cosine
+from nepa.engine.trainer import scaled_factor
 from nepa.eval.layer_decay import decay_at, layer_ids, lr_scale, param_groups
 from nepa.eval.miou import IGNORE, confusion_matrix, majority_baseline, scores
 from nepa.eval.upernet import UperNet
@@ -46,6 +50,29 @@ def test_layer_decay_ramp_start_middle_end() -> None:
         assert lr_scale(block_2, progress, start=0.35, ramp=True) == pytest.approx(decay**3)
         assert lr_scale(head, progress, start=0.35, ramp=True) == 1.0
     assert lr_scale(block_2, 1.0, start=0.65, ramp=False) == pytest.approx(0.65**3)
+
+
+def test_layer_decay_ramp_through_the_engine_schedule() -> None:
+    """The groups' lrs as the engine's scheduler sets them: warm-up/cosine times the ramped layer scale."""
+    model = NepaViT(NepaConfig(**TINY, num_classes=5))
+    groups = param_groups(model, 0.05)
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    factor = functools.partial(warmup_cosine, warmup_steps=0, total_steps=10)
+    scale = functools.partial(lr_scale, start=0.35, ramp=True)
+    lambdas = [functools.partial(scaled_factor, factor=factor, lr_scale=scale, group=g, total_steps=10) for g in groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+    stem = next(g for g in optimizer.param_groups if g["layer_id"] == 0)
+    head = next(g for g in optimizer.param_groups if g["layer_id"] == 5)
+    ratios, head_lrs = [], []
+    for _ in range(10):
+        ratios.append(stem["lr"] / head["lr"])
+        head_lrs.append(head["lr"])
+        optimizer.step()
+        scheduler.step()
+    # steps 0, 5, 9 of 10: decay 0.35, 0.35 + 0.65 * 0.5, 0.35 + 0.65 * 0.9; the stem is 5 layers below the head
+    assert ratios[0] == pytest.approx(0.35**5) and ratios[5] == pytest.approx(0.675**5)
+    assert ratios[9] == pytest.approx(0.935**5)
+    assert head_lrs == pytest.approx([warmup_cosine(step, 0, 10) for step in range(10)])  # the head: the schedule
 
 
 def test_layer_ids_and_groups_follow_depth() -> None:

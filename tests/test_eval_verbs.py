@@ -101,6 +101,13 @@ def test_finetune_model_frozen_patch_embedding_and_zero_head() -> None:
     assert not all(torch.equal(v, model.blocks.state_dict()[k]) for k, v in blocks.items())
 
 
+def test_reported_number_follows_the_rule_in_params() -> None:
+    scores = {"val_top1_online": 80.0, "val_top5_online": 95.0, "val_top1_ema": 81.0, "val_top5_ema": 94.0}
+    assert finetune.reported(scores, "ema_final") == {"val_top1": 81.0, "val_top5": 94.0}
+    assert finetune.reported(scores, "online_final") == {"val_top1": 80.0, "val_top5": 95.0}
+    assert finetune.reported({**scores, "val_top1_online": 82.0}, "max_final")["val_top1"] == 82.0
+
+
 def test_default_taps_are_beit_and_mae_blocks() -> None:
     # PAPER.md: "B: 3/5/7/11-style, L: 7/11/15/23-style, 0-based", the last block included
     assert default_taps(12) == (3, 5, 7, 11) and default_taps(24) == (7, 11, 15, 23)

@@ -55,7 +55,7 @@ def dvc_jobs(cwd: Path = ROOT) -> tuple[dict[str, str], set[tuple[str, str]]]:
         "-c",
         "from dvc.repo import Repo\nfor s in Repo('.').index.stages: print(s.addressing, '|', s.cmd)",
         cwd=cwd,
-    )  # noqa: E501
+    )
     commands = dict(line.split(" | ", 1) for line in listing.strip().splitlines() if " | " in line)
     return commands, edges
 

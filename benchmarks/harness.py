@@ -291,3 +291,33 @@ def forced_backend(run: Callable[[], Any], backend: str) -> str:
     except RuntimeError as e:
         return f"fails: {str(e).strip().splitlines()[0][:300]}"
     return "ok"
+
+
+# ---- benchmarks whose measurements run in fresh processes (DeepSpeed engines, OOM probes) ----------------
+
+RESULT_TAG = "BENCHMARK-RESULT "
+
+
+def emit(row: dict[str, Any]) -> None:
+    """A trial process's answer: one tagged JSON line on stdout."""
+    print(RESULT_TAG + json.dumps(row), flush=True)
+
+
+def run_trial(
+    script: Path, args: list[str], env: dict[str, str] | None = None, timeout: float = 1800
+) -> dict[str, Any]:
+    """Run `script --trial ARGS` in a fresh Python process; its emitted row, or status 'error' with the tail of its
+    output (a crash, e.g. an out-of-memory kill of the whole process, is a result too)."""
+    import subprocess
+
+    launch = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    try:
+        done = subprocess.run([sys.executable, str(script), "--trial", *args], capture_output=True, text=True,
+                              timeout=timeout, env={**launch, **(env or {})})  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "error": f"timed out after {timeout:.0f} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+    return {"status": "error", "error": f"exit {done.returncode}: " + " | ".join(tail)[-600:]}

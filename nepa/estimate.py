@@ -19,9 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from nepa.config import Params, load_params
 
@@ -199,15 +202,23 @@ def stage_estimates(p: Params, speed: Speed, gpus: int, name: str, stages: tuple
 
 
 def resolve(args: argparse.Namespace, size: str, variant: str | None = None) -> tuple[Params, bool]:
-    """Params of `size` (and `variant`, else --variant or params.yaml's) at scale full; True if params.yaml itself
-    is at scale full, False if it is at the embedded scale and its full-scale recipe was resolved instead."""
+    """Params of `size` (and `variant`, else --variant or params.yaml's) at scale full, --set applied last. True if
+    params.yaml itself is at scale full. Otherwise (False) its sections hold the embedded schedule, which would win
+    over the full-scale presets: the full-scale recipe is then resolved from its recipe, model knobs, objective,
+    variant lists and launcher alone."""
     chosen = variant or args.variant
     overrides = (*args.overrides, *([f"variant={chosen}"] if chosen else []))
     own = load_params(args.params, overrides, size=size)
     if own.scale == "full":
         return own, True
-    full = ("scale=full", *(() if own.data.imagenet_src else ("data.imagenet_src=unused-by-estimate",)))
-    return load_params(args.params, (*overrides, *full), size=size), False
+    kept = own.model_dump(mode="json", include={"recipe", "variant", "ablation_variants", "results", "objective",
+                                                "launcher", "model"})  # fmt: skip
+    kept["model"].pop("size")
+    full = {**kept, "scale": "full", "data": {"imagenet_src": "unused-by-estimate"}}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "params.yaml"
+        path.write_text(yaml.safe_dump(full))
+        return load_params(path, overrides, size=size), False
 
 
 def default_gpus(params: Params) -> tuple[int, str]:
@@ -276,7 +287,8 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     header = [
         f"nepa estimate: a full reproduction, recipe {base.recipe}, on {gpus} GPU(s) ({gpus_from}); nothing is run.",
         "Params: " + ("params.yaml at scale full" if at_full else
-                      "params.yaml is at scale embedded, so this is its full-scale recipe (scale: full)"),
+                      f"params.yaml is at scale embedded: this is the full-scale recipe '{base.recipe}' (its presets, "
+                      "with params.yaml's model knobs, variants and launcher; not its embedded schedule)"),
         "Speed: " + (f"measured on a GPU ({len(results)} result file(s) under the benchmarks folder)" if not assumed
                      else "NO GPU MEASUREMENT for some or all models: those lines use the ASSUMED speed below; run "
                      "benchmarks/step_throughput.py on the target GPU for a measured estimate"),

@@ -218,3 +218,17 @@ def test_rope_training_with_coordinate_augmentation_is_not_cached() -> None:
     assert not torch.equal(a[0], b[0]) and not model.rope._cos_sin  # a fresh rescale per forward pass
     plain = models.create("nepa_tiny_patch4_32", rope_rescale=None).train()
     assert plain.rope(8, 8, torch.float32)[0] is plain.rope(8, 8, torch.float32)[0]
+
+
+def test_estimate_from_embedded_params_uses_the_full_scale_schedule(tmp_path: Path, capsys) -> None:
+    """An embedded params.yaml's schedule (pretrain.epochs 1, ...) must not leak into a full reproduction's estimate;
+    --set still applies."""
+    params = (
+        "pretrain: {epochs: 1, global_batch: 64, micro_batch: 64}\nfinetune: {epochs: 1}\nsegment: {iterations: 150}\n"
+    )
+    out = estimate(tmp_path, capsys, "--benchmarks", str(tmp_path), params=params)
+    assert "1600 epochs" in stage_line(out, "ViT-B pretrain") and "800 epochs" in stage_line(out, "ViT-L pretrain")
+    assert "100 epochs" in stage_line(out, "ViT-B finetune") and "160,000 it" in stage_line(out, "ViT-B segment")
+    out = estimate(tmp_path, capsys, "--benchmarks", str(tmp_path), "--set", "recipe=official", "--set",
+                   "finetune.epochs=7", params=params)  # fmt: skip
+    assert "1600 epochs" in stage_line(out, "ViT-L pretrain") and "7 epochs" in stage_line(out, "ViT-L finetune")

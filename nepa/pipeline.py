@@ -47,21 +47,16 @@ STAGES: tuple[Stage, ...] = (
         outs=("{data}/raw",),
         params=("seed", "data"),
     ),
-    Stage(
-        "prepare_imagenet",
-        "nepa prepare imagenet",
-        deps=("{data}/raw",),
-        outs=("{data}/shards/imagenet",),
-        persist=("{data}/shards/imagenet",),  # an interrupted prepare writes only the missing shards
-        params=("scale", "data"),
-    ),
-    Stage(
-        "prepare_ade20k",
-        "nepa prepare ade20k",
-        deps=("{data}/raw",),
-        outs=("{data}/shards/ade20k",),
-        persist=("{data}/shards/ade20k",),  # an interrupted prepare writes only the missing shards
-        params=("scale", "data"),
+    *(
+        Stage(
+            f"prepare_{dataset}",
+            f"nepa prepare {dataset}",
+            deps=("{data}/raw",),
+            outs=(f"{{data}}/shards/{dataset}",),
+            params=("scale", "data"),
+            persist=(f"{{data}}/shards/{dataset}",),  # an interrupted prepare writes only the missing shards
+        )
+        for dataset in ("imagenet", "ade20k")
     ),
     Stage(
         "pretrain",

@@ -1,8 +1,9 @@
 """params.yaml, typed and validated: the one source every stage, Snakemake rule and DVC stage reads.
 
 Resolution, later wins:
-  1. the defaults below: the embedded default (Fashion-MNIST, tiny model, CPU, minutes);
-  2. at `scale: full`, the full-scale recipe of `recipe` (paper | official) for the model size (nepa/presets.py);
+  1. the defaults below;
+  2. at `scale: embedded`, the embedded default's schedule (Fashion-MNIST, tiny model, CPU, minutes), and at
+     `scale: full`, the full-scale recipe of `recipe` (paper | official) for the model size (nepa/presets.py);
   3. the model knobs of `recipe` where paper and official code disagree (PAPER.md "Decisions");
   4. what params.yaml says;
   4b. the NEPA_LAUNCHER environment variable, if set: launcher.kind (local | submitit), so that a Snakemake
@@ -328,7 +329,7 @@ def _launcher_from_env() -> dict[str, Any]:
 
 def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (), size: str | None = None) -> Params:
     """Resolve params.yaml (see the module doc); `size` selects the model size (default: the file's)."""
-    from nepa.presets import ABLATION_TABLE, ABLATIONS, ablation_schedule, full_scale, recipe_knobs
+    from nepa.presets import ABLATION_TABLE, ABLATIONS, EMBEDDED, ablation_schedule, full_scale, recipe_knobs
 
     path = Path(path)
     if not path.is_file():
@@ -352,6 +353,8 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
         if name not in ABLATIONS:
             raise UserError(f"{path}: variant {name!r} is not one of {sorted(ABLATIONS)}")
     layers: list[tuple[str, dict[str, Any]]] = []
+    if scale == "embedded":
+        layers.append(("embedded preset", EMBEDDED))
     if scale == "full":
         try:
             layers.append(("full-scale preset", full_scale(recipe, size)))

@@ -12,6 +12,17 @@ from nepa.errors import UserError
 
 Layer = dict[str, Any]
 
+# ---- the embedded default ------------------------------------------------------------------------
+
+# Every stage for real on Fashion-MNIST, sized for about ten minutes on 2 CPU cores (results/embedded_dag.md).
+EMBEDDED: Layer = {
+    "data": {"embedded_images": [10000, 2000]},
+    "pretrain": dict(epochs=1, warmup_epochs=0.1, global_batch=64, micro_batch=64, base_lr=0.006, num_workers=1),
+    "finetune": dict(epochs=1, warmup_epochs=0.1, global_batch=64, micro_batch=64, num_workers=1),
+    "probe": dict(epochs=10, num_workers=1),
+    "segment": dict(iterations=150, warmup_iterations=15, num_workers=1),
+}
+
 # ---- full-scale recipes ---------------------------------------------------------------------------
 
 PRETRAIN_COMMON: Layer = dict(

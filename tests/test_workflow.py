@@ -32,9 +32,11 @@ def test_rendered_files_are_current() -> None:
 
 
 def snakemake_jobs(cwd: Path = ROOT) -> tuple[dict[str, str], set[tuple[str, str]]]:
-    """(job -> shell command, edges) of Snakemake's default target, jobs named like DVC's (rule@size-variant)."""
+    """(job -> shell command, edges) of Snakemake's default target, jobs named like DVC's (rule@size-variant).
+
+    --forceall: the whole DAG, whatever outputs already exist (DVC's dag lists every stage too)."""
     names, commands = {}, {}
-    for block in run("snakemake", "-n", "-p", "--cores", "1", cwd=cwd).split("\nrule ")[1:]:
+    for block in run("snakemake", "-n", "-p", "--forceall", "--cores", "1", cwd=cwd).split("\nrule ")[1:]:
         rule = block.split(":", 1)[0]
         jobid = int(re.search(r"jobid: (\d+)", block)[1])
         wildcards = re.search(r"wildcards: size=(\w+), variant=(\w+)", block)
@@ -42,7 +44,7 @@ def snakemake_jobs(cwd: Path = ROOT) -> tuple[dict[str, str], set[tuple[str, str
         shell = re.search(r"Shell command: (.+)", block)
         if shell and shell[1].strip() != "None":  # `all` is Snakemake's target rule, not a stage: it has no command
             commands[names[jobid]] = shell[1].strip()
-    dag = json.loads(run("snakemake", "--d3dag", "--cores", "1", cwd=cwd))
+    dag = json.loads(run("snakemake", "--d3dag", "--forceall", "--cores", "1", cwd=cwd))
     edges = {(names[e["u"]], names[e["v"]]) for e in dag["edges"]}
     return commands, {(a, b) for a, b in edges if a in commands and b in commands}
 

@@ -80,6 +80,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 "$venv/bin/python" envs/patch_torchvision.py
 "$venv/bin/python" -c "import timm, nepa.models" || { echo "nepa setup: import timm failed" >&2; exit 1; }
+if [ "$variant" = cpu ]; then
+  # DeepSpeed builds its CPU communication op on first use (~1 min; cached in ~/.cache/torch_extensions):
+  # build it here so that the first pipeline run does not pay for it.
+  say "DeepSpeed CPU communication op (built once, then cached)"
+  DS_ACCELERATOR=cpu "$venv/bin/python" -c "from deepspeed.accelerator import get_accelerator
+get_accelerator().create_op_builder('ShareMemCommBuilder').load(verbose=False)" >/dev/null
+fi
 # `snakemake --profile slurm` finds profiles by name in the user's config: link ours there.
 profiles=${XDG_CONFIG_HOME:-$HOME/.config}/snakemake
 if [ ! -e "$profiles/slurm" ]; then

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -95,7 +95,8 @@ class StageTask(submitit.helpers.Checkpointable):
         # GPU of its node visible and picks its own with LOCAL_RANK, as under torchrun or `deepspeed`.
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         interrupted = _record_interruptions()
-        self._child = subprocess.Popen([sys.executable, "-m", "nepa.cli", *self.args], cwd=self.cwd)
+        command = [sys.executable, "-m", "nepa.cli", *self.args]
+        self._child = subprocess.Popen(command, cwd=self.cwd, env=_job_threads(os.environ))
         status = self._child.wait()
         if interrupted:
             # SLURM is requeueing or cancelling the job: the outcome is the requeued run's (or SLURM's), so
@@ -111,6 +112,18 @@ class StageTask(submitit.helpers.Checkpointable):
             with contextlib.suppress(ChildProcessError):
                 os.waitid(os.P_PID, self._child.pid, os.WEXITED | os.WNOWAIT)
         return submitit.helpers.DelayedSubmission(StageTask(self.args, self.cwd))
+
+
+# What caps a process's compute threads. sbatch passes the submitting shell's environment to the job, and
+# Snakemake sets these to a rule's threads: 1 for a rule that only waits for its SLURM job.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")  # fmt: skip
+
+
+def _job_threads(env: Mapping[str, str]) -> dict[str, str]:
+    """The task's environment with its thread limits set to the CPUs SLURM gave it (cpus_per_task)."""
+    cpus = env.get("SLURM_CPUS_PER_TASK")
+    return {**env, **dict.fromkeys(THREAD_VARIABLES, cpus)} if cpus else dict(env)
 
 
 def _record_interruptions() -> list[int]:

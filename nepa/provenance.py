@@ -82,6 +82,7 @@ def write_metrics(
             "hardware": hardware(),
             "hours": None if seconds is None else round(seconds / 3600, 4),
             "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),  # CPU results depend on it (reduction order)
             **extra,
         },
     }

@@ -5,9 +5,23 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from slurm_cluster import SlurmCluster, start_cluster, unavailable_reason
+
+from nepa.config import DataParams
+from nepa.data.embedded import find_fashion_mnist
+from nepa.errors import UserError
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """Debian's dataset-fashion-mnist, which the real-data tests prepare from (skipped without it)."""
+    try:
+        return find_fashion_mnist(DataParams().fashion_mnist_dir)
+    except UserError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,9 @@ The settings are the ones checked on this kind of machine (/work/shared/notes/ma
 accounting (job state comes from squeue), the node's CPUs and memory from the machine. Every daemon runs in the
 foreground as a child of the test process and is stopped by its pid; nothing system-wide is touched (own munge
 socket, own ports), so two clusters can run side by side. Needs root and Debian's slurm-wlm + munge.
+
+`python tests/slurm_cluster.py` starts one for you to try `snakemake --profile slurm` on (README, SLURM):
+it prints the SLURM_CONF line for another shell and runs until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -182,3 +187,29 @@ def start_cluster(cpus: int = 2, timeout_s: float = 60) -> SlurmCluster:
         cluster.stop()
         raise
     return cluster
+
+
+def main() -> int:
+    reason = unavailable_reason()
+    if reason:
+        print(f"slurm_cluster: {reason}", file=sys.stderr)
+        return 2
+    cluster = start_cluster(cpus=os.cpu_count() or 1)
+    print(
+        f"one-node SLURM up ({cluster.cpus} CPUs); in another shell:\n  export SLURM_CONF={cluster.conf}\n"
+        "Ctrl-C stops it (and cancels its jobs).",
+        flush=True,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

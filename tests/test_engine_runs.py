@@ -22,13 +22,10 @@ import torch
 from safetensors.torch import load_file
 
 from nepa.cli import main as nepa_main
-from nepa.config import DataParams
-from nepa.data.embedded import find_fashion_mnist
 from nepa.engine.checkpoint import EMA_FILE, PARTIAL, latest_checkpoint, online_weights, read_state, tag
 from nepa.engine.faults import EXIT_INJECTED
 from nepa.engine.signals import EXIT_REQUEUE
 from nepa.engine.trainer import EXIT_NONFINITE
-from nepa.errors import UserError
 from nepa.official import read_official
 
 DATA = ["data.embedded_images=[256,64]", "data.embedded_scenes=[4,2]", "data.images_per_shard=128"]
@@ -42,12 +39,8 @@ LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def root(fashion_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with params.yaml and prepared embedded ImageNet shards."""
-    try:
-        find_fashion_mnist(DataParams().fashion_mnist_dir)
-    except UserError as e:
-        pytest.skip(str(e))
     root = tmp_path_factory.mktemp("engine")
     (root / "params.yaml").write_text("seed: 0\n")
     sets = [x for s in [*DATA, f"data.root={root / 'data'}"] for x in ("--set", s)]

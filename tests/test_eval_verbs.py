@@ -16,11 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from nepa.cli import main as nepa_main
-from nepa.config import DataParams, FinetuneParams, Params
-from nepa.data.embedded import find_fashion_mnist
+from nepa.config import FinetuneParams, Params
 from nepa.engine.checkpoint import EMA_FILE, latest_checkpoint, online_weights
 from nepa.engine.faults import EXIT_INJECTED
-from nepa.errors import UserError
 from nepa.eval import finetune, layer_decay
 from nepa.eval.segment import default_taps
 from nepa.models import NepaConfig, NepaViT, save_model_file
@@ -153,12 +151,8 @@ def test_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def root(fashion_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """params.yaml, prepared tiny ImageNet/ADE20K shards, and a tiny model file standing in for an export."""
-    try:
-        find_fashion_mnist(DataParams().fashion_mnist_dir)
-    except UserError as e:
-        pytest.skip(str(e))
     root = tmp_path_factory.mktemp("eval")
     lines = [f"data:\n  root: {root / 'data'}\n  embedded_images: [128, 64]\n  embedded_scenes: [16, 8]\n",
              "  images_per_shard: 64\n  workers: 1\n"]  # fmt: skip

@@ -33,14 +33,14 @@ pretrain: {{epochs: 1, global_batch: 64, micro_batch: 64, checkpoint_every: 4, n
 finetune: {{epochs: 1, global_batch: 64, micro_batch: 64, num_workers: 0}}
 probe: {{epochs: 2, num_workers: 0}}
 segment: {{iterations: 6, global_batch: 8, micro_batch: 8, warmup_iterations: 2, num_workers: 0}}
-launcher: {{kind: local}}
+launcher: {launcher}
 """
 METRICS = ["runs/tiny-nepa/finetune/metrics.json", "runs/tiny-nepa/probe/metrics.json",
            "runs/tiny-nepa/segment/metrics.json", "runs/tiny-nepa/pretrain/metrics.json"]  # fmt: skip
 
 
-def project_copy(tmp_path: Path) -> Path:
-    """The pipeline files in a fresh git repository, with reduced params."""
+def project_copy(tmp_path: Path, launcher: str = "{kind: local}") -> Path:
+    """The pipeline files in a fresh git repository, with reduced params (launcher: its params section)."""
     work = tmp_path / "project"
     work.mkdir()
     for name in ("Snakefile", "workflow", "nepa", ".dvc", ".dvcignore", "pyproject.toml"):
@@ -49,7 +49,7 @@ def project_copy(tmp_path: Path) -> Path:
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, work / name)
-    (work / "params.yaml").write_text(REDUCED.format(remote=tmp_path / "remote"))
+    (work / "params.yaml").write_text(REDUCED.format(remote=tmp_path / "remote", launcher=launcher))
     run("git", "init", "-q", cwd=work)
     run(sys.executable, "-m", "nepa.pipeline", str(work), cwd=work)
     return work

@@ -25,12 +25,10 @@ from PIL import Image
 
 from nepa import models
 from nepa.cli import main as nepa_main
-from nepa.config import DataParams, Params, load_params
-from nepa.data.embedded import find_fashion_mnist
+from nepa.config import Params, load_params
 from nepa.data.loaders import make_loader
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, MetricsLog
-from nepa.errors import UserError
 from nepa.eval.classify import accuracy
 from nepa.models.weights import write_model_dir
 from nepa.objectives import pretrain_loss
@@ -105,11 +103,7 @@ def finetune(params: Params, weights: Path | None, stage: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        find_fashion_mnist(DataParams().fashion_mnist_dir)
-    except UserError as e:
-        pytest.skip(str(e))
+def tree(fashion_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("report")
     (root / "params.yaml").write_text(
         f"runs: {root}/runs\nresults: {root}/results\nvariants: [nepa, no_stop_grad]\n"

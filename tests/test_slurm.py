@@ -341,3 +341,18 @@ def test_snakemake_profile_slurm_reports_a_failed_job_with_its_log(slurm, tmp_pa
     assert log.is_relative_to(work / f"runs/slurm/prepare/{failed[1]}")
     assert "data.embedded_images: 70000 is not within 1..60000 (Fashion-MNIST train)" in log.read_text()
     assert not (work / "runs/slurm/pretrain").exists()  # nothing downstream was submitted
+
+
+@pytest.mark.slow
+def test_dvc_repro_dispatches_a_stage_the_same_way(slurm, tmp_path: Path) -> None:
+    """`NEPA_LAUNCHER=submitit dvc repro STAGE`: DVC runs the same `nepa` command, which submits itself."""
+    work = project_copy(tmp_path, launcher=ON_SLURM)
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    env = {**os.environ, "NEPA_LAUNCHER": "submitit", "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run(["dvc", "repro", "prepare_embedded"], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    job = re.search(r"nepa prepare: submitted SLURM job (\d+)", out.stdout + out.stderr)
+    assert job and (work / f"runs/slurm/prepare/{job[1]}/{job[1]}_0_result.pkl").exists()
+    assert len(list((work / "data/raw/imagenet/train").glob("*/*.JPEG"))) == 512
+    assert (work / "dvc.lock").exists()

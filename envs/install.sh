@@ -82,10 +82,10 @@ fi
 "$venv/bin/python" -c "import timm, nepa.models" || { echo "nepa setup: import timm failed" >&2; exit 1; }
 if [ "$variant" = cpu ]; then
   # DeepSpeed builds its CPU communication op on first use (~1 min; cached in ~/.cache/torch_extensions):
-  # build it here so that the first pipeline run does not pay for it.
+  # build it here, as every run does (clearing a lock left by an interrupted build), so that the first
+  # pipeline run does not pay for it.
   say "DeepSpeed CPU communication op (built once, then cached)"
-  DS_ACCELERATOR=cpu "$venv/bin/python" -c "from deepspeed.accelerator import get_accelerator
-get_accelerator().create_op_builder('ShareMemCommBuilder').load(verbose=False)" >/dev/null
+  "$venv/bin/python" -c "from nepa.engine.distributed import build_cpu_comm_op; build_cpu_comm_op()" >/dev/null
 fi
 # `snakemake --profile slurm` finds profiles by name in the user's config: link ours there.
 profiles=${XDG_CONFIG_HOME:-$HOME/.config}/snakemake

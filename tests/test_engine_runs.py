@@ -9,6 +9,7 @@ a 256-image train split): seconds each on 2 CPU cores.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
+import torch.utils.cpp_extension
 from safetensors.torch import load_file
 
 from nepa.cli import main as nepa_main
@@ -135,6 +137,20 @@ def test_pretrain_then_export_loads_in_timm(root: Path, tmp_path: Path) -> None:
     assert nepa_main(arguments(root, tmp_path, "export", "variant=mask_40", args=official)) == 0
     state, _ = read_official(export / "official")  # the official model has no mask token: dropped
     assert identical(state, {k: v for k, v in online.items() if k != "mask_token"})
+
+
+def test_a_build_lock_left_by_a_killed_run_does_not_hang_the_next(root: Path, tmp_path: Path) -> None:
+    """torch guards the JIT build of DeepSpeed's CPU op with a plain `lock` file: a run killed mid-build leaves
+    it behind, and DeepSpeed alone then waits on it forever (a CI run hung so). The next run clears it."""
+    built = Path(torch.utils.cpp_extension._get_build_directory("deepspeed_shm_comm", verbose=False))
+    extensions = tmp_path / "torch_extensions"
+    shutil.copytree(built, extensions / built.name)  # the op as built, so that its load is a no-op build
+    (extensions / built.name / "lock").touch()
+    done = subprocess.run(command(root, tmp_path, "pretrain", "pretrain.max_steps=1"), capture_output=True, text=True,
+                          env=environment(TORCH_EXTENSIONS_DIR=str(extensions)), timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "left by an interrupted DeepSpeed op build" in done.stderr
+    assert not (extensions / built.name / "lock").exists()
 
 
 @pytest.fixture(scope="module")

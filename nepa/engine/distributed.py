@@ -9,14 +9,19 @@ The process group is gloo on CPU and NCCL on GPU.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import deepspeed
 import torch
 import torch.distributed as dist
+import torch.utils.cpp_extension
+from deepspeed.accelerator import get_accelerator
 
 from nepa.errors import UserError
 
@@ -48,6 +53,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def build_cpu_comm_op() -> None:
+    """Build DeepSpeed's CPU shared-memory collectives op once (it is cached), surviving an interrupted build.
+
+    torch's JIT build guards its folder with a plain `lock` file: a build killed part-way (Ctrl-C, a
+    preempted job) leaves it behind, and every later DeepSpeed start on the host then waits on it forever.
+    nepa builds under an flock instead, which the kernel drops when its holder dies; so a `lock` met while
+    holding the flock was left by a dead build and is removed. (A DeepSpeed build started outside nepa at
+    that moment would be raced; builds on a host running nepa go through here.)
+    """
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):  # as DeepSpeed decides
+        return
+    # torch's own rule for the op's folder (TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions/pyXY_cpu).
+    folder = Path(torch.utils.cpp_extension._get_build_directory(builder.name, verbose=False))
+    with open(folder / "nepa.flock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        leftover = folder / "lock"
+        if leftover.exists():
+            print(f"nepa: removed {leftover}, left by an interrupted DeepSpeed op build", file=sys.stderr)
+            leftover.unlink(missing_ok=True)
+        if not (folder / f"{builder.name}.so").exists():
+            print(f"nepa: building DeepSpeed's CPU communication op once (~1 min; cached in {folder})", file=sys.stderr)
+        builder.load(verbose=False)
+
+
 def init(env: DistEnv) -> torch.device:
     """Join the process group (a group of one without a launcher) and return this process's device."""
     if env.world > 1 and "MASTER_ADDR" not in os.environ:
@@ -65,6 +95,8 @@ def init(env: DistEnv) -> torch.device:
     if cuda:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
+        if not cuda:
+            build_cpu_comm_op()
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
     return torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
 

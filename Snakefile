@@ -2,7 +2,7 @@
 # come from nepa/pipeline.py (dvc.yaml is rendered from the same table), values from params.yaml.
 #
 #   snakemake --cores all                 the embedded default end to end (or the paper, at scale: full)
-#   snakemake ablations --cores all       Table 1 variants and their own report
+#   snakemake ablations --cores all --keep-going   Table 1 variants (one the paper saw diverge stops, exit 3)
 #   snakemake --profile slurm             the same DAG, every stage a SLURM job (workflow/profiles/slurm)
 
 import os

@@ -19,14 +19,16 @@ Layer = dict[str, Any]
 # would still be mostly the random initialisation (0.999^156 = 86 %).
 EMBEDDED: Layer = {
     "data": {"embedded_images": [10000, 1000]},
-    "pretrain": dict(epochs=1, warmup_epochs=0.1, global_batch=64, micro_batch=64, base_lr=0.006, ema_decay=0.95,
-                     num_workers=1),
+    "pretrain": dict(
+        epochs=1, warmup_epochs=0.1, global_batch=64, micro_batch=64, base_lr=0.006, ema_decay=0.95, num_workers=1
+    ),
     "finetune": dict(epochs=0.5, warmup_epochs=0.05, global_batch=64, micro_batch=64, ema_decay=0.95, num_workers=1),
     "probe": dict(epochs=10, num_workers=1),
     # At 64 px the UperNet head, not the backbone, is most of a step: a 64-channel head at batch 8
     # (the recipe of results/eval_embedded/).
-    "segment": dict(iterations=300, warmup_iterations=30, global_batch=8, micro_batch=8, channels=64, lr=1e-3,
-                    num_workers=1),
+    "segment": dict(
+        iterations=300, warmup_iterations=30, global_batch=8, micro_batch=8, channels=64, lr=1e-3, num_workers=1
+    ),
 }
 
 # ---- full-scale recipes ---------------------------------------------------------------------------

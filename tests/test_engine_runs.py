@@ -79,13 +79,13 @@ def start(root: Path, runs: Path, *sets: str, log: Path, **env: str) -> subproce
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
 
 
-def two_processes(root: Path, runs: Path, *sets: str, on_start=None) -> list[tuple[int, str]]:
+def two_processes(root: Path, runs: Path, *sets: str, on_start=None, **env: str) -> list[tuple[int, str]]:
     """The run as two SLURM-style tasks (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID + MASTER_ADDR): (status, output)."""
     port = str(29500 + os.getpid() % 1000)
     logs = [runs / f"rank{r}.log" for r in range(2)]
     procs = [
         start(root, runs, *sets, log=logs[r], SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
-              MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+              MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env)
         for r in range(2)
     ]  # fmt: skip
     if on_start:
@@ -151,6 +151,22 @@ def test_a_build_lock_left_by_a_killed_run_does_not_hang_the_next(root: Path, tm
     assert done.returncode == 0, done.stderr
     assert "left by an interrupted DeepSpeed op build" in done.stderr
     assert not (extensions / built.name / "lock").exists()
+
+
+@pytest.mark.slow
+def test_without_a_compiler_two_processes_train_over_plain_gloo(root: Path, tmp_path: Path) -> None:
+    """The CPU image has no C++ compiler, so DeepSpeed's CPU op cannot build there: runs go on without it. The
+    missing compiler is played by `false` standing in for cc/c++/gcc/g++ (the host has a real one)."""
+    no_compiler = tmp_path / "bin"
+    no_compiler.mkdir()
+    for name in ("cc", "c++", "gcc", "g++"):
+        (no_compiler / name).symlink_to(shutil.which("false"))
+    env = {"PATH": f"{no_compiler}:{os.environ['PATH']}", "CXX": str(no_compiler / "c++"),
+           "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}  # fmt: skip
+    for status, output in two_processes(root, tmp_path / "runs", "pretrain.max_steps=2", **env):
+        assert status == 0, output
+        assert "collectives use plain gloo" in output
+    assert len(losses(tmp_path / "runs")) == 2
 
 
 @pytest.fixture(scope="module")

@@ -56,6 +56,9 @@ def _free_port() -> int:
 def build_cpu_comm_op() -> None:
     """Build DeepSpeed's CPU shared-memory collectives op once (it is cached), surviving an interrupted build.
 
+    The op only speeds up collectives between processes on one host; where it cannot build (no compiler)
+    DeepSpeed is told to go without it rather than fail at start.
+
     torch's JIT build guards its folder with a plain `lock` file: a build killed part-way (Ctrl-C, a
     preempted job) leaves it behind, and every later DeepSpeed start on the host then waits on it forever.
     nepa builds under an flock instead, which the kernel drops when its holder dies; so a `lock` met while
@@ -75,7 +78,14 @@ def build_cpu_comm_op() -> None:
             leftover.unlink(missing_ok=True)
         if not (folder / f"{builder.name}.so").exists():
             print(f"nepa: building DeepSpeed's CPU communication op once (~1 min; cached in {folder})", file=sys.stderr)
-        builder.load(verbose=False)
+        try:
+            builder.load(verbose=False)
+        except Exception as error:  # an optional speed-up: any build failure falls back to gloo
+            # e.g. no C++ compiler (the CPU image): DeepSpeed skips an op marked incompatible.
+            deepspeed.ops.__compatible_ops__[builder.NAME] = False
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            print(f"nepa: DeepSpeed's CPU communication op did not build ({reason}); collectives use plain gloo "
+                  "(a C++ compiler and ninja build it)", file=sys.stderr)  # fmt: skip
 
 
 def init(env: DistEnv) -> torch.device:

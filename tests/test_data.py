@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 
 from nepa.cli import main as nepa_main
-from nepa.config import DataParams
 from nepa.data.embedded import CLASSES, find_fashion_mnist, load_split, render_scene, scene_layout
 from nepa.data.loaders import StridedBatches, make_loader, num_batches
 from nepa.data.transforms import SEGMENT_VIEWS
@@ -28,14 +27,6 @@ from nepa.errors import UserError
 TRAIN, VAL, SCENES, PER_SHARD = 300, 100, (24, 8), 64
 SMALL = [f"data.embedded_images=[{TRAIN},{VAL}]", f"data.embedded_scenes=[{SCENES[0]},{SCENES[1]}]",
          f"data.images_per_shard={PER_SHARD}", "data.workers=2"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def fmnist() -> Path:
-    try:
-        return find_fashion_mnist(DataParams().fashion_mnist_dir)
-    except UserError as e:
-        pytest.skip(str(e))
 
 
 def nepa(root: Path, *args: str) -> int:
@@ -47,7 +38,7 @@ def nepa(root: Path, *args: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory, fmnist: Path) -> Path:
+def prepared(tmp_path_factory: pytest.TempPathFactory, fashion_mnist: Path) -> Path:
     """A root with data/raw (both layouts) and data/shards (both datasets)."""
     root = tmp_path_factory.mktemp("prepared")
     for dataset in ("embedded", "imagenet", "ade20k"):
@@ -71,11 +62,11 @@ def shard_bytes(root: Path, dataset: str) -> dict[str, bytes]:
 # ---- the embedded layouts -------------------------------------------------------------------------
 
 
-def test_embedded_imagenet_layout(prepared: Path, fmnist: Path) -> None:
+def test_embedded_imagenet_layout(prepared: Path, fashion_mnist: Path) -> None:
     raw = prepared / "data/raw/imagenet"
     index = json.loads((raw / "imagenet_class_index.json").read_text())
     assert index == {str(k): [f"n{k:08d}", name] for k, name in enumerate(CLASSES)}
-    images, labels = load_split(fmnist, "train", TRAIN)
+    images, labels = load_split(fashion_mnist, "train", TRAIN)
     assert sorted(p.name for p in (raw / "train").iterdir()) == [f"n{k:08d}" for k in range(10)]
     assert sum(1 for _ in (raw / "train").rglob("*.JPEG")) == TRAIN
     assert sum(1 for _ in (raw / "val").rglob("ILSVRC2012_val_*.JPEG")) == VAL
@@ -86,12 +77,12 @@ def test_embedded_imagenet_layout(prepared: Path, fmnist: Path) -> None:
     assert pixels[:2].max() < 16
 
 
-def test_embedded_ade20k_masks_are_exact_and_seeded(prepared: Path, fmnist: Path) -> None:
+def test_embedded_ade20k_masks_are_exact_and_seeded(prepared: Path, fashion_mnist: Path) -> None:
     raw = prepared / "data/raw/ADEChallengeData2016"
     for split, prefix, n in (("training", "train", SCENES[0]), ("validation", "val", SCENES[1])):
         assert len(list((raw / "images" / split).glob(f"ADE_{prefix}_*.jpg"))) == n
         assert len(list((raw / "annotations" / split).glob(f"ADE_{prefix}_*.png"))) == n
-    images, labels = load_split(fmnist, "train")
+    images, labels = load_split(fashion_mnist, "train")
     scene, mask = render_scene(*scene_layout(np.random.default_rng([0, 0, 2]), images, labels, 64), 64)
     annotation = Image.open(raw / "annotations/training/ADE_train_00000003.png")
     assert annotation.mode == "L" and np.array_equal(np.asarray(annotation), mask)  # seed 0, split 0, scene 2
@@ -103,7 +94,9 @@ def test_embedded_ade20k_masks_are_exact_and_seeded(prepared: Path, fmnist: Path
     assert info[0].split("\t") == ["Idx", "Ratio", "Train", "Val", "Name"] and info[10].endswith("\tAnkle boot")
 
 
-def test_embedded_rerun_keeps_and_seed_redraws(tmp_path: Path, fmnist: Path, capsys: pytest.CaptureFixture) -> None:
+def test_embedded_rerun_keeps_and_seed_redraws(
+    tmp_path: Path, fashion_mnist: Path, capsys: pytest.CaptureFixture
+) -> None:
     assert nepa(tmp_path, "prepare", "embedded") == 0
     mask = tmp_path / "data/raw/ADEChallengeData2016/annotations/training/ADE_train_00000001.png"
     before = mask.read_bytes()
@@ -117,13 +110,13 @@ def test_embedded_rerun_keeps_and_seed_redraws(tmp_path: Path, fmnist: Path, cap
     assert not list((tmp_path / "data/raw").glob(".*"))  # no partial or old folders left
 
 
-def test_missing_fashion_mnist(tmp_path: Path, fmnist: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_fashion_mnist(tmp_path: Path, fashion_mnist: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert nepa(tmp_path, "prepare", "embedded", "--set", "data.fashion_mnist_dir=/nowhere/fashion-mnist") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "/nowhere/fashion-mnist" in err and "apt-get install dataset-fashion-mnist" in err
     # without root, the setup script unpacks the package under .cache/debs: found there
-    shutil.copytree(fmnist, tmp_path / ".cache/debs/nowhere/fashion-mnist")
+    shutil.copytree(fashion_mnist, tmp_path / ".cache/debs/nowhere/fashion-mnist")
     assert find_fashion_mnist("/nowhere/fashion-mnist") == Path(".cache/debs/nowhere/fashion-mnist")
 
 

@@ -187,11 +187,11 @@ def online_weights(path: Path) -> dict[str, Tensor]:
     """The online (optimizer's fp32) weights of a checkpoint folder of this run, by the task model's names.
 
     ZeRO 1-3 keep the fp32 weights partitioned in the optimizer files: zero_to_fp32 merges them (any number
-    of ranks). Stage 0 keeps them whole in the model file. Both are torch pickles of the run's own folder.
+    of ranks). Stage 0 keeps them whole in the model file, read with torch's weights-only loader (no objects).
     """
     if read_state(path).zero_stage:
         state = get_fp32_state_dict_from_zero_checkpoint(str(path.parent), tag=path.name)
     else:
-        state = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+        state = torch.load(path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
     prefix = "model."  # trainer.LossModule holds the task model as `model`
     return {k.removeprefix(prefix): v.float() for k, v in state.items() if k.startswith(prefix)}

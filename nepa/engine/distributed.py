@@ -83,7 +83,7 @@ def build_cpu_comm_op() -> None:
         except Exception as error:  # an optional speed-up: any build failure falls back to gloo
             # e.g. no C++ compiler (the CPU image): DeepSpeed skips an op marked incompatible.
             deepspeed.ops.__compatible_ops__[builder.NAME] = False
-            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
             print(f"nepa: DeepSpeed's CPU communication op did not build ({reason}); collectives use plain gloo "
                   "(a C++ compiler and ninja build it)", file=sys.stderr)  # fmt: skip
 

@@ -163,36 +163,38 @@ def test_report_tables(tree: Path) -> None:
     results = tree / "results"
     html = (results / "report.html").read_text()
     assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
-    assert html.count('src="data:image/png;base64,') == 3  # pretraining loss, fine-tuning accuracy, maps
+    assert html.count('src="data:image/png;base64,') == 3  # pretraining loss, fine-tuning curves, maps
     assert {p.name for p in (results / "report").glob("*.png")} == {
-        "pretrain_loss.png", "finetune_accuracy.png", "maps_tiny-nepa.png"}  # fmt: skip
+        "pretrain_loss.png", "finetune_curves.png", "maps_tiny-nepa.png"}  # fmt: skip
     frames = parsed_tables(html)
-    comparison = [f for f in frames if {"Paper", "Ours", "Run", "Direction", "Checkpoint", "Commit"} <= set(f.columns)]
-    assert len(comparison) == 2  # headline tables, ablations
-    rows = pd.concat(comparison, ignore_index=True)
+    headline = next(f for f in frames if {"Paper", "Ours", "Runs", "Direction", "Checkpoint"} <= set(f.columns))
+    ablations = next(f for f in frames if "Ours: fine-tune top-1" in f.columns)
+    rows = pd.concat([headline, ablations.rename(columns={"Ours: fine-tune top-1": "Ours"})], ignore_index=True)
     assert len(rows) == len(ROWS)
 
     def row(setting: str, model: str = "ViT-B") -> pd.Series:
-        return rows[(rows["Setting"] == setting) & (rows["Model"] == model)].iloc[0]
+        return rows[(rows["Setting"] == setting) & (rows["Model"].fillna("ViT-B") == model)].iloc[0]
 
     ours = json.loads((tree / "runs/tiny-nepa/finetune/metrics.json").read_text())
     bidirectional = row("ImageNet-1K top-1, bidirectional fine-tune")
-    assert bidirectional["Paper"] == "83.8" and bidirectional["Run"] == "tiny-nepa"
-    assert bidirectional["Ours"] == f"{ours['metrics']['val_top1']:.2f}"
+    assert bidirectional["Paper"] == "83.8" and bidirectional["Runs"] == "tiny-nepa"
+    assert bidirectional["Ours"] == f"{ours['metrics']['val_top1']:.2f} (1 seed)"
     assert bidirectional["row_class"] == "reduced" and bidirectional["Δ ours − paper"].startswith("n/a: reduced scale")
     assert bidirectional["Checkpoint"] == ours["provenance"]["checkpoint_sha256"][:12]
     assert bidirectional["Hardware"] == ours["provenance"]["hardware"]
     assert row("ImageNet-1K top-1, bidirectional fine-tune", "ViT-L")["Ours"] == "not run"
     segment = row("ADE20K mIoU, UperNet")
-    assert segment["Ours"] == "not run (segment)" and segment["Run"] == "tiny-nepa" and segment["row_class"] == "notrun"
+    assert segment["Ours"] == "not run (segment)" and segment["Runs"] == "tiny-nepa"
+    assert segment["row_class"] == "notrun"
     assert row("linear probe, mean embedding")["Ours"] == "not run (probe)"
     collapse = row("no stop-grad")
-    assert collapse["Paper"] == "collapses (loss → −1)" and collapse["Run"] == "tiny-no_stop_grad"
+    assert collapse["Paper"] == "collapses (loss → −1)" and collapse["Runs"] == "tiny-no_stop_grad"
     final = json.loads((tree / "runs/tiny-no_stop_grad/pretrain/metrics.json").read_text())["metrics"]["final_loss"]
-    assert f"final pretraining loss {final:.3f}" in collapse["Direction"]
+    assert f"final loss {final:.4f} (1 seed), target similarity 0." in collapse["Direction"]
+    assert collapse["Ours: pretraining loss (final)"] == f"{final:.4f} (1 seed)"
     assert row("no causal mask")["Ours"] == "not run"
-    scratch = next(f for f in frames if "From scratch" in f.columns)
-    assert scratch.iloc[0]["Run"] == "tiny-nepa" and scratch.iloc[0]["Metric"] == "val_top1"
+    scratch = next(f for f in frames if "Random init" in f.columns)
+    assert scratch.iloc[0]["Runs"] == "tiny-nepa" and scratch.iloc[0]["Metric (%)"] == "val_top1"
     environment = next(f for f in frames if list(f.columns[:2]) == ["Item", "Value"]).set_index("Item")["Value"]
     assert environment["torch"] == torch.__version__ and "not recorded" in environment["tiny-nepa: DeepSpeed config"]
     assert environment["SLURM jobs"].startswith("none")
@@ -208,7 +210,10 @@ def test_report_before_any_run(tmp_path: Path) -> None:
     )
     assert nepa_main(["report", "--params", str(tmp_path / "params.yaml")]) == 0
     html = (tmp_path / "results/report.html").read_text()
-    rows = pd.concat([f for f in parsed_tables(html) if "Ours" in f.columns], ignore_index=True)
+    frames = parsed_tables(html)
+    rows = pd.concat([next(f for f in frames if "Ours" in f.columns),
+                      next(f for f in frames if "Ours: fine-tune top-1" in f.columns).rename(
+                          columns={"Ours: fine-tune top-1": "Ours"})], ignore_index=True)  # fmt: skip
     assert len(rows) == len(ROWS) and set(rows["Ours"]) == {"not run"} and set(rows["row_class"]) == {"notrun"}
     assert "No pretraining curve" in html and "is not prepared" in html and "data:image/png" not in html
 
@@ -264,7 +269,9 @@ def test_full_scale_rows_compare_in_value() -> None:
         ("base-no_causal", "finetune", "val_top1", 74.0),
         ("base-no_causal", "pretrain", "steps", 50_000.0),
     ]
-    metrics = pd.DataFrame([dict(run=r, stage=s, metric=m, value=v, scale="full", **provenance)
+    metrics = pd.DataFrame([dict(run=r, size=r.split("-", 1)[0], variant=r.split("-", 1)[1], seed=0,
+                                 init="" if s == "pretrain" else "pretrained", stage=s, metric=m, value=v,
+                                 scale="full", source=f"{r}/{s}", **provenance)
                             for r, s, m, v in records])  # fmt: skip
     ev = tables.Evidence(metrics, {}, chance=0.1)
     frame, classes = tables.paper_table(ev, ("2", "1a"))
@@ -272,5 +279,5 @@ def test_full_scale_rows_compare_in_value() -> None:
     assert by_key["t2-bi-b"]["Δ ours − paper"] == "-0.30"
     assert by_key["1a-no-causal"]["Δ ours − paper"] == "+0.40"
     assert by_key["1a-full"]["Δ ours − paper"] == "n/a: pretrained 500000 steps, the paper 50000"
-    assert by_key["1a-no-causal"]["Direction"] == "paper 73.6 < 76.8 (full NEPA) · ours 74.00 < 83.50 ✓"
+    assert by_key["1a-no-causal"]["Direction"] == "paper 73.6 < 76.8 (full NEPA) · ours 74.00 < 83.50 ? one seed"
     assert by_key["t2-bi-l"]["Ours"] == "not run" and classes[1] == "notrun"

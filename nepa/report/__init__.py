@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
 from safetensors import safe_open
 
 from nepa.config import SIZES, Params, load_params
@@ -20,18 +21,35 @@ from nepa.models import create
 from nepa.provenance import git_commit
 from nepa.report import environment, figures, gather, maps, tables
 from nepa.report.document import Section, markdown, to_html
+from nepa.report.gather import RunKey
+from nepa.report.spread import CRITERION
 
 TITLE = "NEPA reproduction report"
 HEADLINE_TABLES = ("2", "3", "6")
 ABLATION_TABLES = ("1a", "1b", "1c", "1d", "1e", "App.")
+SIMILARITY_IMAGES = 64  # validation images whose patch embeddings give a pretrained model's target similarity
 READING = (
-    "Paper: the paper's number, or what it saw instead (fails, collapses). Ours: the metric of the run named in "
-    "Run (fine-tuned top-1 of the EMA weights, probe top-1, mIoU in %). Δ is shown only where the run is "
-    "comparable: the paper's model at full scale on the paper's schedule. Shaded rows (⚠ in Markdown) ran at "
-    "reduced scale (scale: embedded, a tiny model on Fashion-MNIST) and compare in direction only: Direction "
-    "gives the paper's order of two rows beside ours (✓ same, ✗ opposite), or whether a collapse or failure "
-    "happened. Grey rows: no run yet. Checkpoint: sha256 of the model file the stage started from; Params: "
-    "sha256 of the resolved params; Hours: the stage's training time."
+    "Paper: the paper's number, or what it saw instead (fails, collapses). Ours: the metric of every run of the "
+    "row's configuration (model size, variant, stage, init), grouped by what each run records, whatever folder "
+    "it is in: mean ± sample SD over its seeds (fine-tuned top-1 of the EMA weights, probe top-1, mIoU, in %). "
+    "Δ is shown only where the runs are comparable: the paper's model at full scale on the paper's schedule. "
+    "Shaded rows (⚠ in Markdown) ran at reduced scale (scale: embedded, a tiny model on Fashion-MNIST) and "
+    f"compare in direction only. Direction gives the paper's order of two rows beside ours; {CRITERION}. "
+    f"Collapses: every seed ends pretraining at a loss ≤ {tables.COLLAPSE_LOSS} and its input embeddings (the "
+    f"targets) have a mean pairwise cosine ≥ {tables.COLLAPSE_SIMILARITY}. Fails: the run stopped on a non-finite "
+    "loss, or it is worse than the row it is compared with beyond seed noise; a trivial objective is one whose "
+    f"loss is ≤ {tables.TRIVIAL_LOSS} at the first logged step. The compared run's values are printed beside, so "
+    "that full NEPA can be seen not to meet these criteria. Grey rows: no run yet. Checkpoint: sha256 of the "
+    "model files the stage started from; Params: sha256 of the resolved params; Hours: the stage's own training "
+    "time, mean over seeds."
+)
+SCRATCH = (
+    "The same stage, recipe and seeds from the pretrained export and from random initialisation (`--init random`): "
+    "what pretraining adds. Pretrained better: ✓ beyond seed noise, by the rule above."
+)
+ABLATIONS = (
+    "Each row beside the full-NEPA row it is compared with (Compared with), with its fine-tune, linear probe and "
+    "final pretraining loss over seeds, and each stage's own hours."
 )
 
 
@@ -43,27 +61,73 @@ def chance_level(split: Path) -> float | None:
         return None
 
 
+def exports(metrics: pd.DataFrame) -> dict[RunKey, Path]:
+    """The exported model of every finished pretraining run: {run folder}/export/model.safetensors."""
+    found = {}
+    for r in metrics[metrics["stage"] == "pretrain"].drop_duplicates("source").itertuples():
+        model_file = Path(r.source).parent.parent / "export" / "model.safetensors"
+        if model_file.is_file():
+            seed = None if pd.isna(r.seed) else int(r.seed)
+            found[RunKey(r.size, r.variant, seed, r.init, r.stage)] = model_file
+    return found
+
+
+def target_similarities(models: dict[RunKey, Path], val: Path, images: int, verify: bool) -> dict[RunKey, float]:
+    """Each exported model's target similarity (nepa/report/maps.py) on the first `images` validation images."""
+    found = {}
+    for key, model_file in models.items():
+        model = create(SIZES[key.size].timm_name, pretrained=model_file).eval()
+        batch = maps.validation_images(val, images, model.cfg.img_size, 0, verify)
+        found[key] = maps.target_similarity(model, batch)
+    return found
+
+
 def map_figures(
-    args: argparse.Namespace, ev: tables.Evidence, runs: Path, val: Path, folder: Path
+    args: argparse.Namespace, models: dict[RunKey, Path], val: Path, folder: Path
 ) -> list[tuple[Path, str]]:
-    """Attention and similarity maps of every exported model of the `--maps` variants, on `val` images."""
-    found = []
-    for run in sorted(ev.runs):
-        size, variant = run.split("-", 1)
-        model_file = runs / run / "export" / "model.safetensors"
-        if variant not in args.maps or not model_file.is_file():
+    """Attention and similarity maps of the exported model of the `--maps` variants (their lowest seed)."""
+    found, done = [], set()
+    for key, model_file in sorted(models.items(), key=lambda kv: (kv[0].size, kv[0].variant, kv[0].seed or 0)):
+        run = f"{key.size}-{key.variant}"
+        if key.variant not in args.maps or run in done:
             continue
-        params = load_params(args.params, (*args.overrides, f"variant={variant}"), size=size)
-        model = create(SIZES[size].timm_name, pretrained=model_file).eval()
+        done.add(run)
+        params = load_params(args.params, (*args.overrides, f"variant={key.variant}"), size=key.size)
+        model = create(SIZES[key.size].timm_name, pretrained=model_file).eval()
         with safe_open(str(model_file), framework="pt") as f:  # the export's card: which weights it holds
             weights = (f.metadata() or {}).get("weights", "unrecorded")
         images = maps.validation_images(val, args.images, model.cfg.img_size, params.seed, params.data.verify_shards)
         attention = "causal" if params.objective.causal else "bidirectional"
-        title = f"{run}: exported model ({weights} weights), {attention} attention as in pretraining"
+        title = f"{run} (seed {key.seed}): exported model ({weights} weights), {attention} attention as in pretraining"
         png = maps.maps_figure(model, images, params.objective.causal, title, folder / f"maps_{run}.png")
         found.append((png, f"{run}: last-block attention of two query patches and the similarity of a prediction "
                            "to every patch's input embedding, on validation images"))  # fmt: skip
     return found
+
+
+def curve_figures(curves: dict[str, figures.Curves], folder: Path) -> tuple[list[tuple[Path, str]], list[str]]:
+    """The training curves over seeds, and a note for each missing one."""
+    figs, notes = [], []
+    if curves["pretrain"]:
+        caption = ("Pretraining loss of each variant (paper Fig. 7): mean over seeds, band from the lowest to the "
+                   "highest seed; dotted: −1, where no stop-grad collapses")  # fmt: skip
+        figs.append((figures.pretrain_loss(curves["pretrain"], folder / "pretrain_loss.png"), caption))
+    else:
+        notes.append("No pretraining curve yet.")
+    captions = {
+        "finetune": "Fine-tuning: training loss at every logged step and validation top-1 (online, EMA) at each "
+        "evaluation, pretrained (solid) against random init (dashed), mean over seeds with a min-max band",
+        "segment": "Segmentation: training loss (pixel cross-entropy + 0.4 auxiliary) at every logged step, "
+        "pretrained (solid) against random init (dashed), mean over seeds with a min-max band",
+    }
+    accuracy = {"finetune": ("val_top1_online", "val_top1_ema"), "segment": ()}
+    for stage, caption in captions.items():
+        png = figures.downstream(curves[stage], folder / f"{stage}_curves.png", stage, accuracy[stage])
+        if png:
+            figs.append((png, caption))
+        else:
+            notes.append(f"No {stage} curve yet.")
+    return figs, notes
 
 
 def build(args: argparse.Namespace, params: Params, folder: Path) -> list[Section]:
@@ -71,32 +135,28 @@ def build(args: argparse.Namespace, params: Params, folder: Path) -> list[Sectio
     metrics = gather.metrics_table(runs)
     curves = {stage: gather.curves(runs, stage) for stage in ("pretrain", "finetune", "segment")}
     val = Path(params.data.root) / "shards" / "imagenet" / "val"
-    ev = tables.Evidence(metrics, curves, chance_level(val))
+    chance = chance_level(val)
+    models = exports(metrics)
+    similarity = {} if chance is None else target_similarities(models, val, SIMILARITY_IMAGES,
+                                                                params.data.verify_shards)  # fmt: skip
+    ev = tables.Evidence(metrics, curves, chance, similarity)
     headline, headline_classes = tables.paper_table(ev, HEADLINE_TABLES)
-    ablations, ablation_classes = tables.paper_table(ev, ABLATION_TABLES)
-    for name, frame in (("paper_tables", headline), ("paper_ablations", ablations), ("metrics", metrics)):
+    ablations, ablation_classes = tables.ablation_table(ev, ABLATION_TABLES)
+    scratch = tables.scratch_table(ev)
+    for name, frame in (("paper_tables", headline), ("paper_ablations", ablations), ("pretrained_vs_random", scratch),
+                        ("metrics", metrics)):  # fmt: skip
         frame.to_csv(folder / f"{name}.csv", index=False)
-    figs, notes = [], []
-    if curves["pretrain"]:
-        caption = "Pretraining loss of each variant run (paper Fig. 7); dotted: −1, where no stop-grad collapses"
-        figs.append((figures.pretrain_loss(curves["pretrain"], folder / "pretrain_loss.png"), caption))
-    else:
-        notes.append(f"No pretraining curve under {runs} yet.")
-    if png := figures.finetune_accuracy(curves["finetune"], folder / "finetune_accuracy.png"):
-        figs.append((png, "Fine-tuning: validation top-1 of the online and the EMA weights per epoch"))
-    else:
-        notes.append("No fine-tuning accuracy curve yet.")
-    if ev.chance is None:  # the val split is not prepared: no images to map
+    figs, notes = curve_figures(curves, folder)
+    if chance is None:  # the val split is not prepared: no images to map
         notes.append(f"No attention or similarity maps: {val.parent} is not prepared (nepa prepare imagenet).")
     else:
-        figs += map_figures(args, ev, runs, val, folder)
-    scratch = tables.scratch_table(ev)
+        figs += map_figures(args, models, val, folder)
     return [
         Section("How to read the tables", READING),
         Section("Headline results (paper Tables 2, 3 and 6)", table=headline, row_classes=headline_classes),
-        Section("Ablations (paper Table 1a–1e, appendix)", table=ablations, row_classes=ablation_classes),
+        *([Section("Pretrained backbone vs random init (ours)", SCRATCH, table=scratch)] if len(scratch) else []),
+        Section("Ablations (paper Table 1a–1e, appendix)", ABLATIONS, table=ablations, row_classes=ablation_classes),
         Section("Baselines (the paper's numbers, for context)", table=tables.baselines_table()),
-        *([Section("Pretrained backbone vs from scratch (ours)", table=scratch)] if len(scratch) else []),
         Section("Figures", " ".join(notes), figures=figs),
         Section("Environment", table=environment.environment(runs, Path(params.launcher.folder), metrics)),
         Section("Every recorded metric", table=tables.metrics_listing(ev)),

@@ -67,6 +67,9 @@ def environment(runs: Path, launcher_folder: Path, metrics: pd.DataFrame) -> pd.
     rows.append(("this machine (report)", accelerator()))
     for machine, on in metrics.groupby("hardware")["run"]:
         rows.append((f"runs on {machine}", ", ".join(sorted(set(on)))))
-    rows += [(f"{p.parent.name}: DeepSpeed config", deepspeed_config(p)) for p in sorted(runs.glob("*-*/pretrain"))]
+    rows += [
+        (f"{p.parent.relative_to(runs)}: DeepSpeed config", deepspeed_config(p))
+        for p in sorted(runs.glob("**/pretrain"))
+    ]
     rows.append(("SLURM jobs", slurm_jobs(launcher_folder)))
     return pd.DataFrame(rows, columns=["Item", "Value"])

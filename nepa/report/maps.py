@@ -6,6 +6,10 @@ softmax(q k^T / sqrt(head_dim)) with q, k from `attn.qkv`, `q_norm`/`k_norm` and
 given, under the causal mask where the block ran causally; then averaged over heads.
 Similarity maps: cos(ẑ_t, z_j) between the prediction at a query token t (of z_{t+1}) and every patch's input
 embedding z_j, the quantity the loss maximises at j = t+1.
+Target similarity: the mean cosine between the input embeddings (the loss's targets) of every two distinct
+patches of a set of images. A collapsed model (no stop-grad) maps every patch to one vector, and it nears 1;
+a model whose targets still tell patches apart stays well below (blank background patches are alike in any
+model, so it is not 0).
 """
 
 from __future__ import annotations
@@ -52,6 +56,14 @@ def look(model: NepaViT, images: Tensor, causal: bool) -> tuple[Tensor, Tensor, 
         hook.remove()
     x, rope, block_causal = seen[0]
     return attention_weights(model.blocks[-1].attn, x, rope, block_causal).mean(dim=1), pred, z
+
+
+@torch.no_grad()
+def target_similarity(model: NepaViT, images: Tensor) -> float:
+    """Mean cosine similarity of the patch input embeddings z over all pairs of distinct patches of `images`."""
+    z = F.normalize(model.embed(images)[:, 1:].flatten(0, 1).double(), dim=-1)  # (K, D) unit vectors
+    k = len(z)
+    return float((z.sum(0).square().sum() - k) / (k * (k - 1)))  # sum over i != j of z_i . z_j, averaged
 
 
 def validation_images(split: Path, count: int, image_size: int, seed: int, verify: bool) -> Tensor:

@@ -23,8 +23,17 @@ from nepa.report.spread import Spread, gap, verdict
 def record(folder: Path, stage: str, metrics: dict[str, float], variant: str = "nepa", seed: int | None = 0,
            init: str | None = None, hours: float = 0.01) -> None:  # fmt: skip
     """A metrics.json as provenance.write_metrics writes it, with the seed the run recorded."""
-    provenance = {"size": "tiny", "variant": variant, "scale": "embedded", "recipe": "paper", "hours": hours,
-                  "git_commit": "abc", "hardware": "CPU test", "params_sha256": f"p{seed}", "checkpoint_sha256": None}
+    provenance = {
+        "size": "tiny",
+        "variant": variant,
+        "scale": "embedded",
+        "recipe": "paper",
+        "hours": hours,
+        "git_commit": "abc",
+        "hardware": "CPU test",
+        "params_sha256": f"p{seed}",
+        "checkpoint_sha256": None,
+    }
     if seed is not None:
         provenance["seed"] = seed
     if init is not None:

@@ -79,6 +79,8 @@ def test_runs_are_grouped_by_what_they_record(tmp_path: Path) -> None:
     assert pd.isna(old["seed"]) and old["stage"] == "pretrain" and old["init"] == ""
     key = gather.run_key(runs / "tiny-nepa" / "probe-random", {"stage": "probe", "provenance": {}})
     assert key == RunKey("tiny", "nepa", None, RANDOM, "probe")
+    key = gather.run_key(runs / "tiny-nepa_100k-s2" / "pretrain", {"stage": "pretrain", "provenance": {}})
+    assert key == RunKey("tiny", "nepa_100k", 2, "", "pretrain")
 
 
 def test_directions_only_beyond_seed_noise(tmp_path: Path) -> None:

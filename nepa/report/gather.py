@@ -3,13 +3,14 @@
 Runs are found anywhere below {runs} (one folder per run and seed, however they are nested) and identified by
 what each records, not by their folder names: the stage (`stage`), and in its provenance the model size, the
 variant, the seed and the backbone a downstream stage started from (`init`: a pretrained file or `random`).
-Files from before a field was recorded fall back to the folder layout {size}-{variant}/{stage}[-random]/.
+Files from before a field was recorded fall back to the folder layout {size}-{variant}[-s{seed}]/{stage}[-random]/.
 metrics.json is provenance.write_metrics' format.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,12 +33,16 @@ class RunKey(NamedTuple):
     stage: str
 
 
+RUN_FOLDER = re.compile(r"(?P<size>[^-]+)-(?P<variant>.+?)(?:-s(?P<seed>\d+))?")  # {size}-{variant}[-s{seed}]
+
+
 def _folder_key(stage_folder: Path) -> RunKey:
-    """The identity a stage folder's names give: {size}-{variant}/{stage}[-random]."""
-    size, _, variant = stage_folder.parent.name.partition("-")
+    """The identity a stage folder's names give: {size}-{variant}[-s{seed}]/{stage}[-random]."""
+    run = RUN_FOLDER.fullmatch(stage_folder.parent.name)
+    size, variant, seed = run.group("size", "variant", "seed") if run else (stage_folder.parent.name, "", None)
     stage, _, suffix = stage_folder.name.partition("-")
     init = RANDOM if suffix == RANDOM else PRETRAINED if stage != "pretrain" else ""
-    return RunKey(size, variant, None, init, stage)
+    return RunKey(size, variant, None if seed is None else int(seed), init, stage)
 
 
 def run_key(stage_folder: Path, record: dict[str, Any]) -> RunKey:
@@ -46,7 +51,7 @@ def run_key(stage_folder: Path, record: dict[str, Any]) -> RunKey:
     stage = record.get("stage", fallback.stage)
     init = provenance.get("init")
     init = fallback.init if init is None else "" if stage == "pretrain" else RANDOM if init == RANDOM else PRETRAINED
-    seed = provenance.get("seed")
+    seed = provenance.get("seed", fallback.seed)
     return RunKey(provenance.get("size", fallback.size), provenance.get("variant", fallback.variant),
                   None if seed is None else int(seed), init, stage)  # fmt: skip
 

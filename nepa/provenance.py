@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from nepa.config import Params
+from nepa.files import atomic_write_text
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -86,8 +87,4 @@ def write_metrics(
             **extra,
         },
     }
-    path = folder / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2) + "\n")

@@ -126,6 +126,10 @@ def test_pretrain_then_export_loads_in_timm(root: Path, tmp_path: Path) -> None:
     assert (folder(tmp_path, "tiny-mask_40") / "metrics.json").is_file()
     assert nepa_main(arguments(root, tmp_path, "export", "variant=mask_40")) == 0  # no process group: in here
     export = tmp_path / "tiny-mask_40" / "export"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (export / "model.safetensors", latest_checkpoint(folder(tmp_path, "tiny-mask_40") / "checkpoints")):
+        assert path.stat().st_mode & 0o666 == 0o666 & ~umask  # a lab's group reads them (not mkstemp's 0600)
     model = timm.create_model("nepa_tiny_patch4_32", pretrained=str(export / "model.safetensors"))
     assert model.mask_token is not None
     online, ema = final(tmp_path, "tiny-mask_40")

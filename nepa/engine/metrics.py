@@ -8,13 +8,15 @@ file continues without duplicates.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from nepa.engine.distributed import several_processes
+from nepa.files import atomic_path
 
 FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "wall_s")
 
@@ -33,7 +35,7 @@ class LossMeter:
     def pop_mean(self) -> float:
         """Mean over all ranks since the last call, and reset; a collective call (every rank)."""
         both = torch.stack([self.total, torch.tensor(float(self.count), device=self.total.device, dtype=torch.float64)])
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if several_processes():
             dist.all_reduce(both)
         self.total.zero_()
         self.count = 0
@@ -51,9 +53,8 @@ class MetricsLog:
             pd.DataFrame(columns=list(fields)).to_csv(path, index=False)
             return
         rows = pd.read_csv(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        rows[rows["step"] <= resume_step].to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            rows[rows["step"] <= resume_step].to_csv(tmp, index=False)
 
     def append(self, row: dict[str, float | int]) -> None:
         with open(self.path, "a", newline="") as f:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from nepa.config import Params, load_params
 from nepa.errors import EXIT_USAGE, UserError
+from nepa.files import io_error_line
+from nepa.stopping import EXIT_REQUEUE, Stopped, stop_on_signals
 
 # verb -> (module, function, one-line help). Modules are imported only when their verb runs, so that
 # `nepa --help` stays fast and a verb does not pay for another's heavy imports (DeepSpeed, pandas).
@@ -87,20 +90,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return EXIT_USAGE
     verb, rest = argv[0], argv[1:]
-    run = _load_verb(verb)
-    if run is None:
-        print(f"nepa {verb}: not available in this version yet (see the open issues)", file=sys.stderr)
-        return EXIT_USAGE
+    previous = stop_on_signals()  # from the first instant: SLURM may preempt a verb that is still starting
     try:
+        run = _load_verb(verb)
+        if run is None:
+            print(f"nepa {verb}: not available in this version yet (see the open issues)", file=sys.stderr)
+            return EXIT_USAGE
         try:
             return run(subparsers[verb], rest)
         except RunOnCluster as dispatch:
             from nepa.launch import run_on_cluster  # submitit is loaded only where a verb is sent to SLURM
 
             return run_on_cluster(verb, rest, dispatch.params)
+    except Stopped as e:
+        print(f"nepa {verb}: stopped by signal {e.signum} before training; nothing written is half-done, "
+              f"run the same command again to continue (exit {EXIT_REQUEUE})", file=sys.stderr)  # fmt: skip
+        return EXIT_REQUEUE
     except UserError as e:
         print(f"nepa {verb}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # a named file could not be read or written (disk full, permissions): not a bug
+        if e.filename is None:
+            raise
+        print(f"nepa {verb}: error: {io_error_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

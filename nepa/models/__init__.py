@@ -33,11 +33,17 @@ def load_weights(model: NepaViT, state: dict[str, torch.Tensor], source: str) ->
     missing = [k for k in own if k not in state and not k.startswith(HEAD_PREFIXES)]
     unexpected = [k for k in state if k not in own and not k.startswith(HEAD_PREFIXES)]
     wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
+    # The architecture comes from the file's own header, so a misfit means the file's tensors and header disagree.
+    fix = "the file is damaged or was edited: export it again (`nepa export`, `nepa import-official`)"
+    if wrong:
+        k = wrong[0]
         raise UserError(
-            f"{source}: does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"wrong shape {wrong[:3]}); pass the model name the file was trained as"
+            f"{source}: tensor {k} is {list(state[k].shape)} in the file, but the model its header describes "
+            f"has {list(own[k].shape)}" + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "") + f"; {fix}"
         )
+    if missing or unexpected:
+        raise UserError(f"{source}: does not fit the model its header describes (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}); {fix}")  # fmt: skip
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 

@@ -111,8 +111,13 @@ def init(env: DistEnv) -> torch.device:
     return torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
 
 
+def several_processes() -> bool:
+    """Whether this process is one of several in a process group (collectives are needed)."""
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if several_processes():
         dist.barrier()
 
 

@@ -26,7 +26,6 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
-from nepa.cli import parse_with_params
 from nepa.config import FinetuneParams, Params
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
@@ -117,9 +116,7 @@ def reported(scores: dict[str, float], rule: str) -> dict[str, float]:
     return {"val_top1": scores[f"val_top1_{source}"], "val_top5": scores[f"val_top5_{source}"]}
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    stage.add_init_args(parser)
-    args, params = parse_with_params(parser, argv)
+def check_params(params: Params) -> None:
     f = params.finetune
     if f.report != "online_final" and f.ema_decay is None:
         raise UserError(f"finetune.report is {f.report} but finetune.ema_decay is off; set one of them")
@@ -127,9 +124,11 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         raise UserError(
             f"finetune.micro_batch {f.micro_batch}: Mixup pairs each batch with its reverse, use an even one"
         )
-    weights = stage.init_weights(params, args.init)
-    train, val = stage.split_dir(params, "imagenet", "train"), stage.split_dir(params, "imagenet", "val")
-    folder = stage.output_folder(params, VERB, args.init, args.out)
+
+
+def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    _, params, weights, train, val, folder = stage.inputs(parser, argv, VERB, "imagenet", check=check_params)
+    f = params.finetune
     env = distributed.from_environ()
     device = distributed.init(env)
 

@@ -25,11 +25,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nepa.cli import parse_with_params
 from nepa.config import Params, SegmentParams
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
-from nepa.engine.schedule import accumulation_steps
+from nepa.engine.distributed import several_processes
 from nepa.engine.trainer import Task, TrainConfig, Trainer
 from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
@@ -97,7 +96,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s: Segm
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = predict(model, images, s, num_classes)
         confusion += confusion_matrix(pred, to_targets(masks), num_classes)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if several_processes():
         dist.all_reduce(confusion)
     return confusion.cpu()
 
@@ -119,12 +118,8 @@ def build_model(params: Params, weights: Path | None, num_classes: int, device: 
 
 
 def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    stage.add_init_args(parser)
-    args, params = parse_with_params(parser, argv)
+    _, params, weights, train, val, folder = stage.inputs(parser, argv, VERB, "ade20k")
     s = params.segment
-    weights = stage.init_weights(params, args.init)
-    train, val = stage.split_dir(params, "ade20k", "training"), stage.split_dir(params, "ade20k", "validation")
-    folder = stage.output_folder(params, VERB, args.init, args.out)
     data_classes = len(read_split(train)[0]["classes"])
     num_classes = s.num_classes or data_classes
     if data_classes > num_classes:
@@ -136,14 +131,11 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
                                num_workers=s.num_workers, verify=params.data.verify_shards)  # fmt: skip
     train_batches = functools.partial(loader, "segment_train", train, batch_size=s.micro_batch, crop=s.crop)
-    batches_per_epoch = num_batches(train, batch_size=s.micro_batch, world=env.world)
-    # The engine counts epochs; the segmentation recipe counts iterations (optimizer steps).
-    steps_per_epoch = batches_per_epoch // accumulation_steps(s.global_batch, s.micro_batch, env.world)
     task = Task(
         model=model,
         loss=loss,
         batches=lambda epoch, start: train_batches(epoch=epoch, start_batch=start),
-        batches_per_epoch=batches_per_epoch,
+        batches_per_epoch=num_batches(train, batch_size=s.micro_batch, world=env.world),
         param_groups=layer_decay.param_groups(model, s.weight_decay, prefix="backbone."),
         lr_scale=functools.partial(layer_decay.lr_scale, start=s.layer_decay, ramp=False),
     )
@@ -151,7 +143,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     cfg = TrainConfig.from_section(
         s, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card, ema_decay=None,
         base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
-        epochs=s.iterations / max(steps_per_epoch, 1), warmup_epochs=s.warmup_iterations / max(steps_per_epoch, 1),
+        steps=s.iterations, warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
         resume_key=stage.resume_key(params, VERB, OPERATIONAL, weights, train.parent / "manifest.json"),
     )  # fmt: skip
     status = Trainer(cfg, task, env, device).fit()

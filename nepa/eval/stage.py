@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from nepa.cli import parse_with_params
 from nepa.config import Params
 from nepa.errors import require_file
 from nepa.models import NepaViT, create
@@ -24,11 +26,44 @@ PREPARE = {"imagenet": "nepa prepare imagenet", "ade20k": "nepa prepare ade20k"}
 
 def add_init_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--init", metavar="PATH|random",
+        "--init",
+        metavar="PATH|random",
         help="backbone weights: a nepa .safetensors, or 'random' for the from-scratch baseline "
         "(default: the run's export, {runs}/{size}-{variant}/export/model.safetensors)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: {runs}/{size}-{variant}/VERB[-random])")
+
+
+class Inputs(NamedTuple):
+    """What a downstream verb starts from, all checked before a process group or a model exists."""
+
+    args: argparse.Namespace
+    params: Params
+    weights: Path | None  # the backbone's file, None for random initialisation
+    train: Path  # the prepared split folders
+    val: Path
+    folder: Path  # where the verb writes
+
+
+SPLITS = {"imagenet": ("train", "val"), "ade20k": ("training", "validation")}
+
+
+def inputs(
+    parser: argparse.ArgumentParser,
+    argv: list[str],
+    verb: str,
+    dataset: str,
+    check: Callable[[Params], None] | None = None,
+) -> Inputs:
+    """Parse a downstream verb's arguments and params (`check` them first), and find its backbone, its data and
+    its output folder."""
+    add_init_args(parser)
+    args, params = parse_with_params(parser, argv)
+    if check is not None:
+        check(params)
+    weights = init_weights(params, args.init)
+    train, val = (split_dir(params, dataset, split) for split in SPLITS[dataset])
+    return Inputs(args, params, weights, train, val, output_folder(params, verb, args.init, args.out))
 
 
 def run_folder(params: Params) -> Path:

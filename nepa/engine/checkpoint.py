@@ -216,7 +216,8 @@ class Checkpoints:
                 strict=True,
                 inject_missing_state=True,
             )
-            with contextlib.redirect_stdout(io.StringIO()):  # its progress lines, not the user's business
+            progress = io.StringIO()  # its progress lines and bars, not the user's business
+            with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
                 ds_to_universal.main(args)
         barrier()
         return out

@@ -29,17 +29,15 @@ from torch import Tensor, nn
 from nepa.config import FinetuneParams, Params
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
+from nepa.engine.checkpoint import resume_key
 from nepa.engine.ema import Ema
 from nepa.engine.trainer import Task, TrainConfig, Trainer
-from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
 from nepa.eval.classify import accuracy
 from nepa.models import NepaViT
-from nepa.provenance import write_metrics
+from nepa.provenance import sha256_file, write_metrics
 
 VERB = "finetune"
-# finetune params that change how a run is observed or stopped, not its weights: a run resumes across them
-OPERATIONAL = ("max_steps", "checkpoint_every", "keep_last", "log_every", "num_workers", "report")
 WEIGHTS = ("online", "ema")
 
 
@@ -116,19 +114,12 @@ def reported(scores: dict[str, float], rule: str) -> dict[str, float]:
     return {"val_top1": scores[f"val_top1_{source}"], "val_top5": scores[f"val_top5_{source}"]}
 
 
-def check_params(params: Params) -> None:
-    f = params.finetune
-    if f.report != "online_final" and f.ema_decay is None:
-        raise UserError(f"finetune.report is {f.report} but finetune.ema_decay is off; set one of them")
-    if f.mixup + f.cutmix > 0 and f.micro_batch % 2:
-        raise UserError(
-            f"finetune.micro_batch {f.micro_batch}: Mixup pairs each batch with its reverse, use an even one"
-        )
+add_arguments = stage.add_init_args
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    _, params, weights, train, val, folder = stage.inputs(parser, argv, VERB, "imagenet", check=check_params)
+def main(args: argparse.Namespace, params: Params) -> int:
     f = params.finetune
+    weights, train, val, folder = stage.inputs(args, params, VERB, "imagenet")
     env = distributed.from_environ()
     device = distributed.init(env)
 
@@ -156,7 +147,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
     cfg = TrainConfig.from_section(
         f, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card,
-        resume_key=stage.resume_key(params, VERB, OPERATIONAL, weights, manifest),
+        resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(manifest)),
     )  # fmt: skip
     trainer = Trainer(cfg, task, env, device)
     status = trainer.fit()

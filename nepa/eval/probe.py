@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from nepa.config import ProbeParams
+from nepa.config import Params, ProbeParams
 from nepa.data.loaders import make_loader, read_split
 from nepa.engine import distributed
 from nepa.engine.schedule import warmup_cosine
@@ -101,9 +101,12 @@ def top_k(head: nn.Linear, x: Tensor, y: Tensor, device: torch.device) -> dict[s
     return {"top1": 100 * hits[0].item() / len(y), "top5": 100 * hits[1].item() / len(y)}
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    _, params, weights, train, val, folder = stage.inputs(parser, argv, VERB, "imagenet")
+add_arguments = stage.add_init_args
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
     p = params.probe
+    weights, train, val, folder = stage.inputs(args, params, VERB, "imagenet")
     if distributed.from_environ().rank != 0:
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -28,16 +28,16 @@ from torch import Tensor, nn
 from nepa.config import Params, SegmentParams
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
+from nepa.engine.checkpoint import resume_key
 from nepa.engine.distributed import several_processes
 from nepa.engine.trainer import Task, TrainConfig, Trainer
 from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
 from nepa.eval.miou import IGNORE, confusion_matrix, majority_baseline, scores
 from nepa.eval.upernet import UperNet
-from nepa.provenance import write_metrics
+from nepa.provenance import sha256_file, write_metrics
 
 VERB = "segment"
-OPERATIONAL = ("checkpoint_every", "keep_last", "log_every", "num_workers", "eval_mode", "eval_stride")
 AUX_WEIGHT = 0.4  # the mmseg UperNet configs' auxiliary FCN loss weight
 
 
@@ -117,9 +117,12 @@ def build_model(params: Params, weights: Path | None, num_classes: int, device: 
     return model
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    _, params, weights, train, val, folder = stage.inputs(parser, argv, VERB, "ade20k")
+add_arguments = stage.add_init_args
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
     s = params.segment
+    weights, train, val, folder = stage.inputs(args, params, VERB, "ade20k")
     data_classes = len(read_split(train)[0]["classes"])
     num_classes = s.num_classes or data_classes
     if data_classes > num_classes:
@@ -144,7 +147,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         s, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card, ema_decay=None,
         base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
         steps=s.iterations, warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
-        resume_key=stage.resume_key(params, VERB, OPERATIONAL, weights, train.parent / "manifest.json"),
+        resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(train.parent / "manifest.json")),
     )  # fmt: skip
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:

@@ -8,13 +8,9 @@ weights) and `--init random` the same architecture from scratch, the baseline a 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from nepa.cli import parse_with_params
 from nepa.config import Params
 from nepa.errors import require_file
 from nepa.models import NepaViT, create
@@ -37,8 +33,6 @@ def add_init_args(parser: argparse.ArgumentParser) -> None:
 class Inputs(NamedTuple):
     """What a downstream verb starts from, all checked before a process group or a model exists."""
 
-    args: argparse.Namespace
-    params: Params
     weights: Path | None  # the backbone's file, None for random initialisation
     train: Path  # the prepared split folders
     val: Path
@@ -48,22 +42,11 @@ class Inputs(NamedTuple):
 SPLITS = {"imagenet": ("train", "val"), "ade20k": ("training", "validation")}
 
 
-def inputs(
-    parser: argparse.ArgumentParser,
-    argv: list[str],
-    verb: str,
-    dataset: str,
-    check: Callable[[Params], None] | None = None,
-) -> Inputs:
-    """Parse a downstream verb's arguments and params (`check` them first), and find its backbone, its data and
-    its output folder."""
-    add_init_args(parser)
-    args, params = parse_with_params(parser, argv)
-    if check is not None:
-        check(params)
+def inputs(args: argparse.Namespace, params: Params, verb: str, dataset: str) -> Inputs:
+    """A downstream verb's backbone (--init), its prepared splits of `dataset`, and its output folder (--out)."""
     weights = init_weights(params, args.init)
     train, val = (split_dir(params, dataset, split) for split in SPLITS[dataset])
-    return Inputs(args, params, weights, train, val, output_folder(params, verb, args.init, args.out))
+    return Inputs(weights, train, val, output_folder(params, verb, args.init, args.out))
 
 
 def run_folder(params: Params) -> Path:
@@ -98,11 +81,6 @@ def split_dir(params: Params, dataset: str, split: str) -> Path:
     return folder
 
 
-def resume_key(params: Params, section: str, operational: tuple[str, ...], *inputs: Path | None) -> str:
-    """Digest of what decides a run's weights: seed, the verb's section (less `operational` keys, which only
-    change how a run is observed or stopped) and the input files (backbone, data manifest): the engine
-    refuses to resume a checkpoint written under another key."""
-    dump = params.model_dump(mode="json")
-    decisive = {k: v for k, v in dump[section].items() if k not in operational}
-    files = [sha256_file(p) if p else RANDOM for p in inputs]
-    return hashlib.sha256(json.dumps([params.seed, decisive, files], sort_keys=True).encode()).hexdigest()
+def digest(weights: Path | None) -> str:
+    """The backbone's sha256 (for the resume key), or RANDOM for random initialisation."""
+    return sha256_file(weights) if weights else RANDOM

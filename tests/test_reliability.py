@@ -47,7 +47,7 @@ def readable(work: Path, dataset: str) -> None:
 
 def said(stderr: str) -> list[str]:
     """The verb's own lines (not its progress bars); there must be one, and no traceback."""
-    lines = [line for line in stderr.splitlines() if line.startswith("nepa ")]
+    lines = [line for line in stderr.splitlines() if line.startswith("nepa ") and "%|" not in line]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines
 

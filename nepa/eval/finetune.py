@@ -125,13 +125,21 @@ def main(args: argparse.Namespace, params: Params) -> int:
 
     num_classes = len(read_split(train)[0]["classes"])
     model = build_model(params, weights, num_classes)
-    loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
-                               num_workers=f.num_workers, verify=params.data.verify_shards,
-                               image_size=model.cfg.img_size)  # fmt: skip
-    train_batches = functools.partial(loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment,
-                                      reprob=f.reprob)  # fmt: skip
-    val_batches = functools.partial(loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False,
-                                    crop_ratio=f.eval_crop_ratio)  # fmt: skip
+    loader = functools.partial(
+        make_loader,
+        rank=env.rank,
+        world=env.world,
+        seed=params.seed,
+        num_workers=f.num_workers,
+        verify=params.data.verify_shards,
+        image_size=model.cfg.img_size,
+    )
+    train_batches = functools.partial(
+        loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment, reprob=f.reprob
+    )
+    val_batches = functools.partial(
+        loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False, crop_ratio=f.eval_crop_ratio
+    )
     evaluator = Evaluator(model, val_batches, device)
     task = Task(
         model=model,
@@ -146,16 +154,28 @@ def main(args: argparse.Namespace, params: Params) -> int:
     manifest = train.parent / "manifest.json"
     card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
     cfg = TrainConfig.from_section(
-        f, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card,
+        f,
+        folder=folder,
+        seed=params.seed,
+        name=f"nepa {VERB}",
+        card=card,
         resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(manifest)),
-    )  # fmt: skip
+    )
     trainer = Trainer(cfg, task, env, device)
     status = trainer.fit()
     if status == 0:
         scores = evaluator.last or evaluator(trainer.ema)  # a finished run that was only resumed evaluates here
         if env.is_main:
             wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
-            write_metrics(folder, VERB, {**scores, **reported(scores, f.report)}, params, checkpoint=weights,
-                          seconds=wall_s, report=f.report, init=str(weights or stage.RANDOM))  # fmt: skip
+            write_metrics(
+                folder,
+                VERB,
+                {**scores, **reported(scores, f.report)},
+                params,
+                checkpoint=weights,
+                seconds=wall_s,
+                report=f.report,
+                init=str(weights or stage.RANDOM),
+            )
     distributed.shutdown()
     return status

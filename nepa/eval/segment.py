@@ -86,8 +86,9 @@ def predict(model: nn.Module, images: Tensor, s: SegmentParams, num_classes: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s: SegmentParams, num_classes: int,
-             device: torch.device) -> Tensor:  # fmt: skip
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s: SegmentParams, num_classes: int, device: torch.device
+) -> Tensor:
     """The val confusion matrix of every rank's batches, summed over ranks (a collective call)."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -131,8 +132,14 @@ def main(args: argparse.Namespace, params: Params) -> int:
     device = distributed.init(env)
 
     model = build_model(params, weights, num_classes, device, env.world)
-    loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
-                               num_workers=s.num_workers, verify=params.data.verify_shards)  # fmt: skip
+    loader = functools.partial(
+        make_loader,
+        rank=env.rank,
+        world=env.world,
+        seed=params.seed,
+        num_workers=s.num_workers,
+        verify=params.data.verify_shards,
+    )
     train_batches = functools.partial(loader, "segment_train", train, batch_size=s.micro_batch, crop=s.crop)
     task = Task(
         model=model,
@@ -144,22 +151,42 @@ def main(args: argparse.Namespace, params: Params) -> int:
     )
     card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
     cfg = TrainConfig.from_section(
-        s, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card, ema_decay=None,
+        s,
+        folder=folder,
+        seed=params.seed,
+        name=f"nepa {VERB}",
+        card=card,
+        ema_decay=None,
         base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
-        steps=s.iterations, warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
+        steps=s.iterations,
+        warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
         resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(train.parent / "manifest.json")),
-    )  # fmt: skip
+    )
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:
         eval_batch = s.micro_batch if s.eval_mode == "whole" else 1  # slide: val images differ in size
-        val_batches = loader("segment_eval", val, batch_size=eval_batch, epoch=0, drop_last=False,
-                             patch_size=model.backbone.cfg.patch_size)  # fmt: skip
+        val_batches = loader(
+            "segment_eval",
+            val,
+            batch_size=eval_batch,
+            epoch=0,
+            drop_last=False,
+            patch_size=model.backbone.cfg.patch_size,
+        )
         confusion = evaluate(model, val_batches, s, num_classes, device)
         if env.is_main:
             metrics = {f"val_{k}": v for k, v in scores(confusion).items()}
             metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion).items()}
             wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
-            write_metrics(folder, VERB, metrics, params, checkpoint=weights, seconds=wall_s,
-                          init=str(weights or stage.RANDOM), taps=list(model.taps))  # fmt: skip
+            write_metrics(
+                folder,
+                VERB,
+                metrics,
+                params,
+                checkpoint=weights,
+                seconds=wall_s,
+                init=str(weights or stage.RANDOM),
+                taps=list(model.taps),
+            )
     distributed.shutdown()
     return status

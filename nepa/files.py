@@ -30,6 +30,14 @@ def _umask() -> int:
     return mask
 
 
+def named(error: OSError, path: str | Path) -> OSError:
+    """`error` with the file it is about: writers that report ENOSPC without a name (Arrow, pandas, a buffered
+    write's flush) get `path`, so that the CLI can say which file could not be written."""
+    if error.filename is not None:
+        return error
+    return OSError(error.errno, error.strerror or str(error), str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path to write `path` through; it replaces `path` when the block ends without an error."""
@@ -41,6 +49,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())
         fsync(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise named(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

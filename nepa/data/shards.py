@@ -281,12 +281,7 @@ def write_shard(task: ShardTask) -> dict[str, object]:
     meta = {"nepa.fingerprint": task.fingerprint, "nepa.skipped": json.dumps(problems.skipped)}
     table = pa.Table.from_pylist(rows, schema=schema(task.dataset).with_metadata(meta))
     with atomic_path(task.path) as tmp:
-        try:
-            pq.write_table(
-                table, tmp, row_group_size=1, compression="none", use_dictionary=False, write_statistics=False
-            )
-        except OSError as e:  # Arrow's error names no file: name the one the user can act on
-            raise OSError(e.errno, e.strerror or str(e), str(task.path)) from None
+        pq.write_table(table, tmp, row_group_size=1, compression="none", use_dictionary=False, write_statistics=False)
     return {**shard_entry(task.path, table.num_rows), "skipped": problems.skipped}
 
 

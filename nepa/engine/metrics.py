@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from nepa.engine.distributed import several_processes
-from nepa.files import atomic_path
+from nepa.files import atomic_path, named
 
 TENSORBOARD = "tensorboard"  # the event files' folder, beside metrics.csv
 FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "wall_s")
@@ -67,8 +67,11 @@ class MetricsLog:
             rows[rows["step"] <= resume_step].to_csv(tmp, index=False)
 
     def append(self, row: dict[str, float | int]) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+        try:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+        except OSError as e:
+            raise named(e, self.path) from None
         for name, value in row.items():
             if name != "step":
                 self.board.add_scalar(name, value, global_step=int(row["step"]))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,12 @@ CONFIG_KEY = "nepa_config"
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """A safetensors file written whole or not at all (nepa.files.atomic_path)."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # an I/O error, reported as "... (os error 28)": make it an OSError again
+            if (code := re.search(r"os error (\d+)", str(e))) is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def save_model_file(state_dict: dict[str, torch.Tensor], cfg: NepaConfig, path: str | Path, **metadata: str) -> Path:

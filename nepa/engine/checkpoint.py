@@ -13,6 +13,14 @@ atomically after the rename. A run killed at any moment leaves `latest` naming a
 (or absent), and whatever it left half-written or newer than `latest` is removed when the run resumes.
 DeepSpeed's files are torch pickles: they are only ever read from the run's own folder; the files nepa
 reads elsewhere (exported models) are safetensors.
+
+Another number of processes: a checkpoint written by W processes resumes on W' (`Checkpoints.load`). Under
+ZeRO 1-3 DeepSpeed's files hold each rank's partition of the fp32 weights and AdamW moments; they are merged
+into DeepSpeed's universal checkpoint (`.universal/`, one folder per parameter, removed once loaded), from
+which every new rank takes its partition. DeepSpeed's own tool was chosen over resharding the flat partitions
+here: it handles the three stages' layouts (and their padding) and resumed all three, W=2 -> 1 and 1 -> 2,
+to within float rounding on its first try; a resharder of our own would re-implement those layouts. The EMA
+is stored whole and the schedule counts optimizer steps, so both carry over as they are.
 """
 
 from __future__ import annotations

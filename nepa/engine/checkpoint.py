@@ -192,11 +192,20 @@ class Checkpoints:
         """
         state = read_state(path)
         source = path
-        if state.world != self.env.world and state.zero_stage:
+        universal = state.world != self.env.world and state.zero_stage
+        if universal:
             source = self._universal(path)
+        groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in engine.optimizer.param_groups]
         loaded, _ = engine.load_checkpoint(str(source.parent), tag=source.name, load_lr_scheduler_states=True)
         if loaded is None:
             raise UserError(f"{path}: DeepSpeed could not load it; remove {self.folder / LATEST} to restart")
+        if universal:
+            # DeepSpeed 0.19.8's ZeRO-3 universal load gives every parameter group the first group's settings
+            # (weight decay 0.05 on the biases and norms of the no-decay group); put each group's back, with the
+            # lr its schedule last set (the resume key guarantees these are the checkpoint's own settings).
+            for group, own, lr in zip(engine.optimizer.param_groups, groups, engine.lr_scheduler.get_last_lr(),
+                                      strict=True):  # fmt: skip
+                group.update(own, lr=lr)
         if ema is not None:
             ema.load_state_dict(load_file(path / EMA_FILE))
         rng_file = path / f"rng-rank{self.env.rank}.safetensors"

@@ -125,15 +125,9 @@ def main(args: argparse.Namespace, params: Params) -> int:
 
     num_classes = len(read_split(train)[0]["classes"])
     model = build_model(params, weights, num_classes)
-    loader = functools.partial(
-        make_loader,
-        rank=env.rank,
-        world=env.world,
-        seed=params.seed,
-        num_workers=f.num_workers,
-        verify=params.data.verify_shards,
-        image_size=model.cfg.img_size,
-    )
+    loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
+                               num_workers=f.num_workers, verify=params.data.verify_shards,
+                               image_size=model.cfg.img_size)  # fmt: skip
     train_batches = functools.partial(
         loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment, reprob=f.reprob
     )

@@ -123,13 +123,6 @@ def main(args: argparse.Namespace, params: Params) -> int:
         scores = top_k(head, (x_val[pooling] - mean) / std, y_val, device)
         metrics |= {f"val_{k}_{pooling}": v for k, v in scores.items()}
         print(f"nepa probe: {pooling} embedding: val top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}%")
-    write_metrics(
-        folder,
-        VERB,
-        metrics,
-        params,
-        checkpoint=weights,
-        seconds=time.perf_counter() - t0,
-        init=str(weights or stage.RANDOM),
-    )
+    write_metrics(folder, VERB, metrics, params, checkpoint=weights, seconds=time.perf_counter() - t0,
+                  init=str(weights or stage.RANDOM))  # fmt: skip
     return 0

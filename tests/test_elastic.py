@@ -1,6 +1,6 @@
 """Resume on another number of processes: a checkpoint written by 2 processes continues on 1, and one written
-by 1 continues on 2, under ZeRO 1, 2 and 3 (DeepSpeed's universal checkpoint, nepa/engine/checkpoint.py); and
-a preempted 2-task SLURM job moved to one task.
+by 1 continues on 2, under ZeRO 1 and 2 (DeepSpeed's universal checkpoint, nepa/engine/checkpoint.py; ZeRO-3 is
+refused with one line); and a preempted 2-task SLURM job moved to one task.
 
 Each ends within float tolerance of the uninterrupted 2-process run, not bit-identical: the gradient of a
 global batch is summed in another order (two micro-batches accumulated in one process, or one per process
@@ -48,7 +48,18 @@ def run(root: Path, runs: Path, processes: int, *sets: str) -> str:  # noqa: F81
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero3_refuses_another_number_of_processes(root: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Not yet under ZeRO-3 (nepa/engine/checkpoint.py says why): one line, and the checkpoint stays usable."""
+    sets = (*SAME, "pretrain.zero_stage=3")
+    run(root, tmp_path, 1, *sets, "pretrain.max_steps=4")
+    results = two_processes(root, tmp_path, *sets)
+    assert [status for status, _ in results] == [2, 2]
+    assert "under ZeRO-3, which cannot resume on 2 yet (ZeRO 1 and 2 can); resume it with 1" in results[0][1]
+    run(root, tmp_path, 1, *sets)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2])
 def test_resume_on_another_number_of_processes(root: Path, tmp_path: Path, stage: int) -> None:  # noqa: F811
     sets = (*SAME, f"pretrain.zero_stage={stage}")
     reference, two_to_one, one_to_two = tmp_path / "reference", tmp_path / "two_to_one", tmp_path / "one_to_two"
@@ -80,7 +91,14 @@ def test_preempted_slurm_job_continues_with_fewer_tasks(slurm, shards: Path, tmp
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     reference, moved = tmp_path / "reference", tmp_path / "moved"
     # finetune.global_batch: params check every stage's batch against the 2 SLURM tasks, not only pretrain's
-    sets = ("--set", "model.rope_rescale=null", "--set", "finetune.global_batch=128")
+    sets = (
+        "--set",
+        "model.rope_rescale=null",
+        "--set",
+        "finetune.global_batch=128",
+        "--set",
+        "segment.global_batch=16",
+    )
     out = slurm_tests.nepa(*slurm_tests.pretrain_command(shards, reference), *sets, timeout=600)
     assert out.returncode == 0, out.stderr
     log = tmp_path / "outer.err"

@@ -18,9 +18,12 @@ Another number of processes: a checkpoint written by W processes resumes on W' (
 ZeRO 1-3 DeepSpeed's files hold each rank's partition of the fp32 weights and AdamW moments; they are merged
 into DeepSpeed's universal checkpoint (`.universal/`, one folder per parameter, removed once loaded), from
 which every new rank takes its partition. DeepSpeed's own tool was chosen over resharding the flat partitions
-here: it handles the three stages' layouts (and their padding) and resumed all three, W=2 -> 1 and 1 -> 2,
-to within float rounding on its first try; a resharder of our own would re-implement those layouts. The EMA
-is stored whole and the schedule counts optimizer steps, so both carry over as they are.
+here: it handles the stages' layouts (and their padding) and resumed ZeRO 1 and 2, W=2 -> 1 and 1 -> 2, to
+within float rounding; a resharder of our own would re-implement those layouts. The EMA is stored whole and
+the schedule counts optimizer steps, so both carry over as they are. ZeRO-3 is refused (`elastic_stages`):
+DeepSpeed 0.19.8's ZeRO-3 universal load gives every parameter group the first group's settings (weight
+decay on the no-decay group) and, even with those put back, its first update after the load differs from an
+uninterrupted run's (seen on a 1 -> 1 round trip), so the run would not be the one it continues.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from nepa.models.weights import atomic_save_safetensors
 LATEST = "latest"
 PARTIAL = ".partial"
 UNIVERSAL = ".universal"  # a checkpoint converted for another number of processes, while it is loaded
+ELASTIC_STAGES = (0, 1, 2)  # ZeRO stages whose checkpoints resume on another number of processes (not 3: above)
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.json"
 
@@ -195,17 +199,9 @@ class Checkpoints:
         universal = state.world != self.env.world and state.zero_stage
         if universal:
             source = self._universal(path)
-        groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in engine.optimizer.param_groups]
         loaded, _ = engine.load_checkpoint(str(source.parent), tag=source.name, load_lr_scheduler_states=True)
         if loaded is None:
             raise UserError(f"{path}: DeepSpeed could not load it; remove {self.folder / LATEST} to restart")
-        if universal:
-            # DeepSpeed 0.19.8's ZeRO-3 universal load gives every parameter group the first group's settings
-            # (weight decay 0.05 on the biases and norms of the no-decay group); put each group's back, with the
-            # lr its schedule last set (the resume key guarantees these are the checkpoint's own settings).
-            for group, own, lr in zip(engine.optimizer.param_groups, groups, engine.lr_scheduler.get_last_lr(),
-                                      strict=True):  # fmt: skip
-                group.update(own, lr=lr)
         if ema is not None:
             ema.load_state_dict(load_file(path / EMA_FILE))
         rng_file = path / f"rng-rank{self.env.rank}.safetensors"

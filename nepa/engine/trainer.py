@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from nepa.engine import faults, rng
-from nepa.engine.checkpoint import Checkpoints, TrainState, read_state
+from nepa.engine.checkpoint import ELASTIC_STAGES, Checkpoints, TrainState, read_state
 from nepa.engine.distributed import DistEnv, several_processes
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
@@ -210,6 +210,11 @@ class Trainer:
         self.resume = self.checkpoints.latest()
         written = read_state(self.resume) if self.resume else None
         universal = written is not None and written.world != env.world and written.zero_stage > 0
+        if universal and written.zero_stage not in ELASTIC_STAGES:
+            raise UserError(
+                f"{self.resume}: written by {written.world} process(es) under ZeRO-{written.zero_stage}, which "
+                f"cannot resume on {env.world} yet (ZeRO 1 and 2 can); resume it with {written.world}"
+            )
         deepspeed.utils.logger.setLevel(logging.WARNING)
         self.engine, *_ = deepspeed.initialize(
             model=LossModule(task.model, task.loss),

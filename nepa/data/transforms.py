@@ -62,7 +62,7 @@ def decode_rgb(data: bytes) -> torch.Tensor:
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")
     except ValueError:
-        pixels = np.asarray(open_rgb(data))
+        pixels = np.array(open_rgb(data))
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 

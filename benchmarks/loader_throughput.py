@@ -16,7 +16,8 @@ Per core: images per CPU-second of the loading process and its DataLoader worker
 (start-up included; workers are reaped at an epoch's end, so their time counts). Unlike the wall-clock rate
 (steady state, first batch to last) it does not count waiting for a CPU on a shared machine. Medians over
 --repeats epochs, the contenders interleaved within each repeat. `--breakdown N` also times each step of one
-image, single-threaded, over N images. Writes results/benchmarks/loader_throughput.{json,md}.
+image, single-threaded, over N images. Writes results/benchmarks/loader_throughput.{json,md}
+(loader_throughput_cuda.* with --device cuda).
 """
 
 from __future__ import annotations
@@ -142,11 +143,18 @@ def breakdown(split: Path, count: int) -> dict[str, float]:
     crops = [transforms.resized_crop(p, b, IMAGE_SIZE) for p, b in zip(pixels, boxes, strict=True)]
     pil_crops = [Image.fromarray(c.permute(1, 2, 0).numpy()) for c in crops]
     to_tensor = T.Compose([T.ToTensor(), T.Normalize(transforms.MEAN, transforms.STD)])
+
+    def scaled(i: int, eighths: int) -> dict[str, int]:
+        """simplejpeg picks the smallest libjpeg-turbo scale that keeps these sizes: here eighths/8."""
+        return {"min_height": -(-pixels[i].shape[1] * eighths // 8), "min_width": -(-pixels[i].shape[2] * eighths // 8)}
+
     steps: dict[str, Callable[[int], object]] = {
         "shard read (one row group, Arrow)": lambda i: shard.read_row_group(i, columns=["image", "label"]),
         "JPEG header (simplejpeg)": lambda i: transforms.header(datas[i]),
         "decode, PIL (Image.open + convert RGB)": lambda i: transforms.open_rgb(datas[i]),
         "decode, simplejpeg (libjpeg-turbo)": lambda i: transforms.decode_rgb(datas[i]),
+        "decode, simplejpeg, DCT-scaled to 3/4": lambda i: simplejpeg.decode_jpeg(datas[i], **scaled(i, 6)),
+        "decode, simplejpeg, DCT-scaled to 1/2": lambda i: simplejpeg.decode_jpeg(datas[i], **scaled(i, 4)),
         "crop + resize 224, PIL bilinear": lambda i: pil_images[i].resize(
             (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR,
             box=(boxes[i][1], boxes[i][0], boxes[i][1] + boxes[i][3], boxes[i][0] + boxes[i][2])),
@@ -233,7 +241,8 @@ def main() -> None:
         "breakdown_ms_per_image": steps,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "loader_throughput.json").write_text(json.dumps(result, indent=1) + "\n")
+    stem = "loader_throughput" + ("" if device.type == "cpu" else f"_{device.type}")  # a GPU run keeps the CPU table
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     m = result["machine"]
     lines = [
         "# Loader throughput on realistic JPEGs",
@@ -254,7 +263,7 @@ def main() -> None:
         lines += ["", f"Where an image's time goes (ms of CPU per image, one thread, best of 3 over {args.breakdown} "
                   "images of one shard):", "", "| step | ms |", "|---|---:|",
                   *(f"| {k} | {v:.3f} |" for k, v in steps.items())]  # fmt: skip
-    (args.out / "loader_throughput.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -37,3 +37,17 @@ def test_loader_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     )
     table = (tmp_path / "loader_throughput.md").read_text()
     assert result["machine"]["cpu"] in table and "| pretrain | shards, decode=cpu | 0 |" in table
+
+
+def test_read_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    pytest.importorskip("skimage", reason="scikit-image (envs/requirements-dev.txt) makes the benchmark's photographs")
+    args = ["--images", "300", "--per-shard", "100", "--samples", "128", "--keep-cache", "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/loader_reads.py"), *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "loader_reads.json").read_text())
+    assert result["workload"]["shards"] == 3 and result["workload"]["samples_read"] == 128
+    runs = result["results"]
+    assert len(runs) == 3 and {r["cache"] for r in runs.values()} == {"warm"}  # --keep-cache: nothing dropped
+    for r in runs.values():
+        assert r["us_per_image_wall"] > 0 and r["us_per_image_cpu"] >= 0 and 20 < r["image_kb"] < 300

@@ -55,6 +55,8 @@ def collate(batch: list[tuple[EncodedCrop, Any]]) -> EncodedBatch:
 
 def decode_jpegs(jpegs: list[Tensor], device: torch.device) -> list[Tensor]:
     """(3, H, W) uint8 images on `device`: nvJPEG in one batched call on CUDA, libjpeg-turbo elsewhere."""
+    if not jpegs:  # a batch of PNGs and CMYK files only
+        return []
     if device.type == "cuda":
         from torchvision.io import ImageReadMode, decode_jpeg  # CUDA hosts only: CPU torchvision has no codecs
 

@@ -17,10 +17,10 @@ How pretrain and finetune decode (`decode`, data.decode; eval and segmentation a
        torch.rand, timm's crop params for finetune), so every sample gets the same crop box and flip as
        under pil; libjpeg-turbo decodes through simplejpeg (no PIL image, no file object), the crop is
        resized as uint8 by torch's antialiased bilinear (bicubic for finetune), the algorithm PIL's resize
-       implements, so pixels differ from pil's by rounding only (at most a few levels of 255). pretrain
-       returns uint8 [3,S,S]: the loader normalises a whole batch at once, on the training device
-       (nepa/data/loaders.py). finetune hands the resized crop to timm's RandAugment and random erasing
-       as a PIL image, as under pil.
+       implements, so pixels differ from pil's by rounding only (pretrain: 1 level of 255, 2 for CMYK
+       JPEGs, whose conversion to RGB rounds differently). pretrain returns uint8 [3,S,S]: the loader
+       normalises a whole batch at once, on the training device (nepa/data/loaders.py). finetune hands
+       the resized crop to timm's RandAugment and random erasing as a PIL image, as under pil.
   gpu  pretrain only: the draws as under cpu, but no decode; the JPEG bytes, box and flip go to the
        training device, which decodes and crops whole batches (nepa/data/gpu_decode.py).
 

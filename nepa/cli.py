@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "import-official": ("nepa.official_cli", "main", "convert a released SixAILab checkpoint to nepa files"),
     "params": ("nepa.config_cli", "main", "print the resolved params (presets, variant and --set applied)"),
     "estimate": ("nepa.estimate", "main", "GPU-hours and wall time of each stage of a full reproduction"),
+    "plan": ("nepa.estimate", "plan_main", "every job of the DAG with schedule, batch, GPUs, GPU-hours; audited"),
 }
 
 

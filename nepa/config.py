@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from nepa.errors import UserError
 from nepa.objectives import Objective
+from nepa.presets import ABLATION_VARIANTS
 
 Size = Literal["tiny", "small", "base", "large"]
 TIMM_NAMES: dict[str, str] = {
@@ -241,10 +242,7 @@ class Params(Section):
     variant: str = "nepa"  # an ablation from nepa/presets.py ABLATIONS; "nepa" is the method itself
     sizes: tuple[Size, ...] = ("tiny",)  # model sizes the DAG runs; a stage runs model.size
     variants: tuple[str, ...] = ("nepa",)  # variants the DAG runs for every size (the report's rows)
-    ablation_variants: tuple[str, ...] = (  # what `snakemake ablations` runs (Table 1)
-        "no_shift", "no_causal", "no_stop_grad", "plain_vit", "ls", "ls_rope", "ls_rope_swiglu", "ls_rope_qknorm",
-        "mask_40", "mask_60", "ft_patch_embed_trained", "ft_causal",
-    )  # fmt: skip
+    ablation_variants: tuple[str, ...] = ABLATION_VARIANTS  # what `snakemake ablations` runs (Table 1, appendix)
     seed: int = 0
     runs: str = "runs"  # stage outputs: checkpoints, exports, metrics
     dvc_remote: str = "../nepa-dvc-storage"  # DVC remote for data and checkpoints (path or any DVC URL)

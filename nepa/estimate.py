@@ -245,34 +245,26 @@ def job_cost(job: Job, p: Params, speed: Speed, n_gpus: int) -> Cost:
 # ---- resolving the full-scale params -------------------------------------------------------------------------
 
 
+KEPT_FROM_EMBEDDED = ("recipe", "variants", "ablation_variants", "results", "objective", "launcher", "model", "seed")
+
+
 @contextlib.contextmanager
 def full_scale_params(args: argparse.Namespace) -> Iterator[tuple[Path, bool]]:
     """A params file at scale full: --params itself (True) or, from an embedded one (False), its full-scale recipe
-    with its recipe, model knobs, objective, variant lists and launcher, at sizes base and large (its sections
-    hold the embedded schedule, which would win over the full-scale presets)."""
+    with what it sets of KEPT_FROM_EMBEDDED, at sizes base and large (its other sections hold the embedded
+    schedule, which would win over the full-scale presets)."""
     own = load_params(args.params, tuple(args.overrides))
     if own.scale == "full":
         yield Path(args.params), True
         return
-    kept = own.model_dump(
-        mode="json",
-        include={
-            "recipe",
-            "variant",
-            "variants",
-            "ablation_variants",
-            "results",
-            "objective",
-            "launcher",
-            "model",
-            "seed",
-        },
-    )
-    kept["model"].pop("size")
+    # what the file (and --set) say, not the defaults nor a variant's change: those the full-scale plan decides
+    own = load_params(args.params, (*args.overrides, "variant=nepa"))
+    kept = own.model_dump(mode="json", exclude_unset=True, include=set(KEPT_FROM_EMBEDDED))
     full = {
         **kept,
         "scale": "full",
         "sizes": ["base", "large"],
+        "model": {**kept.get("model", {}), "size": "base"},
         "data": {"imagenet_src": "unused-by-estimate", "ade20k_src": "unused-by-estimate"},
     }
     with tempfile.TemporaryDirectory() as folder:

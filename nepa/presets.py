@@ -105,6 +105,22 @@ SEGMENT_COMMON: Layer = dict(
 PROBE_FULL: Layer = dict(epochs=90, global_batch=4096, base_lr=0.1, weight_decay=0.0, num_workers=10)
 
 
+# What each stage's SLURM job asks for at full scale (launcher.stages; launcher.slurm and the user's own
+# launcher.stages win over these). The GPU stages: one task per GPU, cpus for the loader's workers and the main
+# process; segmentation's batch 16 is 2 per GPU on 8 GPUs. The probe runs one process: one GPU. Times are a
+# common partition limit (24 h) with requeues enough for the estimate (`nepa plan` checks they suffice).
+GPU_NODE = dict(nodes=1, gpus_per_node=8, cpus_per_task=12, mem_gb=480, time_min=1440)
+FULL_SCALE_RESOURCES: dict[str, Layer] = {
+    "prepare": dict(gpus_per_node=0, cpus_per_task=32, mem_gb=64, time_min=1440, max_timeouts=3),  # decode + write
+    "pretrain": dict(GPU_NODE, max_timeouts=20),  # ViT-L: ~5 days on 8 GPUs
+    "export": dict(gpus_per_node=0, cpus_per_task=4, mem_gb=64, time_min=60),  # a ZeRO checkpoint into one file
+    "finetune": dict(GPU_NODE, max_timeouts=10),
+    "probe": dict(nodes=1, gpus_per_node=1, cpus_per_task=12, mem_gb=128, time_min=1440, max_timeouts=3),
+    "segment": dict(GPU_NODE, max_timeouts=10),
+    "report": dict(gpus_per_node=0, cpus_per_task=4, mem_gb=16, time_min=60),
+}
+
+
 def full_scale(recipe: str, size: str) -> Layer:
     """The paper-scale recipe of `recipe` for ViT-B or ViT-L, as a params layer."""
     if size not in ("base", "large"):
@@ -114,6 +130,7 @@ def full_scale(recipe: str, size: str) -> Layer:
         "finetune": {**FINETUNE_COMMON, **FINETUNE[recipe, size]},
         "segment": {**SEGMENT_COMMON, **SEGMENT[size]},
         "probe": PROBE_FULL,
+        "launcher": {"stages": FULL_SCALE_RESOURCES},
     }
 
 

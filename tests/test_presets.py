@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from paper_doc import DOC, table
 
 from nepa.config import Params, load_params
 from nepa.estimate import ASSUMED_COST
@@ -15,37 +16,9 @@ from nepa.models import MODEL_SIZES
 from nepa.presets import ABLATION_BATCH, ABLATION_STEPS, PRETRAIN_COMMON, PRETRAIN_EPOCHS
 from nepa.report.paper import ABLATION_TABLES, BASELINES, HEADLINE_TABLES, ROWS
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "paper.md"
 RECIPE_TABLES = ("Pretraining", "ImageNet fine-tuning", "ADE20K semantic segmentation", "Linear probe")
 PRESETS = [("paper", "base"), ("paper", "large"), ("official", "base"), ("official", "large")]
 SIZE_COLUMNS = {"base": "ViT-B", "large": "ViT-L"}
-
-
-def doc_tables(text: str) -> dict[str, list[dict[str, str]]]:
-    """Each markdown table of the page, by the heading above it: a list of {header: cell}."""
-    found: dict[str, list[dict[str, str]]] = {}
-    heading, header = "", None
-    for line in text.splitlines():
-        if line.startswith("#"):
-            heading, header = line.lstrip("#").strip(), None
-        elif line.startswith("|"):
-            cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            if header is None:
-                header = cells
-            elif not set("".join(cells)) <= set("-: "):
-                found.setdefault(heading, []).append(dict(zip(header, cells, strict=True)))
-        else:
-            header = None
-    return found
-
-
-TABLES = doc_tables(DOC.read_text())
-
-
-def table(prefix: str) -> list[dict[str, str]]:
-    matches = [rows for heading, rows in TABLES.items() if heading.startswith(prefix)]
-    assert len(matches) == 1, f"docs/paper.md: one table under a heading starting {prefix!r}"
-    return matches[0]
 
 
 def cell(text: str) -> Any:

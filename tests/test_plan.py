@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from paper_doc import table
 
@@ -15,6 +16,8 @@ from nepa.config import load_params
 from nepa.estimate import plan_of
 from nepa.plan import Plan, audit, pretrain_schedule
 from nepa.presets import ABLATIONS, PRETRAIN_EPOCHS, PRETRAINED_BY, steps_per_epoch
+from nepa.report import tables
+from nepa.report.gather import PROVENANCE
 from nepa.report.paper import BY_KEY
 
 FULL = "scale: full\nsizes: {sizes}\nmodel: {{size: base}}\ndata: {{imagenet_src: /in1k, ade20k_src: /ade}}\n"
@@ -168,3 +171,19 @@ def test_recipe_paper_never_rescales_rope_and_official_does(tmp_path: Path) -> N
         path = params_file(tmp_path, extra=f"recipe: {recipe}\n")
         assert load_params(path).model.rope_rescale == rescale
         assert load_params(path, size="large").model.rope_rescale == rescale
+
+
+@pytest.mark.parametrize("scale", ["embedded", "full"])
+def test_the_report_reads_each_row_from_the_run_the_plan_runs_for_it(tmp_path: Path, scale: str) -> None:
+    if scale == "full":
+        plan = full_plan(tmp_path)
+    else:
+        (tmp_path / "params.yaml").write_text("sizes: [tiny]\n")
+        plan = plan_of(tmp_path / "params.yaml", (), ("all", "ablations"))
+    provenance = dict.fromkeys(PROVENANCE) | {"scale": scale}
+    records = [dict(run=j.run, stage=j.stage, metric="m", value=1.0, **provenance) for j in plan.jobs if j.size]
+    ev = tables.Evidence(pd.DataFrame(records), {}, chance=10.0)
+    filled = {(key, job.run) for job in plan.jobs for key in job.rows if job.stage == BY_KEY[key].stage}
+    assert len(filled) > 10
+    for key, run in filled:
+        assert tables.run_for(BY_KEY[key], ev) == run, key

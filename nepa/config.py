@@ -355,7 +355,7 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
         layers.append(("embedded preset", EMBEDDED))
     if scale == "full":
         try:
-            layers.append(("full-scale preset", full_scale(recipe, size)))
+            layers.append(("full-scale preset", full_scale(recipe, size, top.get("launcher", {}).get("slurm", {}))))
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
         if variant in ABLATION_TABLE:

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from nepa.config import Params
+from nepa.config import Params, SlurmParams
 from nepa.presets import (
     ABLATION_BATCH,
     ABLATION_STEPS,
     ABLATIONS,
     PRETRAIN_COMMON,
     PRETRAIN_EPOCHS,
+    SHAPE,
     pretrained_by,
     stand_in,
     steps_per_epoch,
@@ -233,8 +234,8 @@ def _pretraining(p: Params) -> dict[str, Any]:
 
 def audit(plan: Plan) -> list[str]:
     """Every inconsistency of the plan, one line each: what is wrong, where, and the fix."""
-    problems: list[str] = []
     full = plan.params.scale == "full"
+    problems = _ignored_shape(plan.params) if full else []
     for job in plan.jobs:
         if not job.size:
             continue
@@ -251,6 +252,17 @@ def audit(plan: Plan) -> list[str]:
     if full:
         problems += _row_problems(plan)
     return problems + _void_comparisons(plan)
+
+
+def _ignored_shape(p: Params) -> list[str]:
+    """At full scale each stage's nodes and GPUs are its own (presets.SHAPE): launcher.slurm's would be ignored."""
+    default = SlurmParams()
+    return [
+        f"launcher.slurm.{key} {getattr(p.launcher.slurm, key)} is ignored at scale full, where each stage has its "
+        f"own; set launcher.stages.VERB.{key} (pretrain, finetune, segment; `nepa params` shows each)"
+        for key in SHAPE
+        if getattr(p.launcher.slurm, key) != getattr(default, key)
+    ]
 
 
 def _job_problems(job: Job, p: Params, full: bool) -> list[str]:

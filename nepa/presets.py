@@ -105,24 +105,40 @@ SEGMENT_COMMON: Layer = dict(
 PROBE_FULL: Layer = dict(epochs=90, global_batch=4096, base_lr=0.1, weight_decay=0.0, num_workers=10)
 
 
-# What each stage's SLURM job asks for at full scale (launcher.stages; launcher.slurm and the user's own
-# launcher.stages win over these). The GPU stages: one task per GPU, cpus for the loader's workers and the main
-# process; segmentation's batch 16 is 2 per GPU on 8 GPUs. The probe runs one process: one GPU. Times are a
-# common partition limit (24 h) with requeues enough for the estimate (`nepa plan` checks they suffice).
-GPU_NODE = dict(nodes=1, gpus_per_node=8, cpus_per_task=12, mem_gb=480, time_min=1440)
+# What each stage's SLURM job asks for at full scale. The stage's shape (nodes, GPUs per node) is the preset's
+# unless launcher.stages says otherwise; everything else in launcher.slurm (the cluster's partition, time limit,
+# memory...) wins over these defaults (stage_resources). The GPU stages: one task per GPU, CPUs for the loader's
+# workers and the main process; segmentation's batch 16 is 2 per GPU on 8 GPUs; the probe runs one process: one
+# GPU. Times: a common partition limit (24 h) with requeues enough for the estimate (`nepa plan` checks they
+# suffice); --requeue, without which a cluster set to JobRequeue=0 refuses the requeue at the time limit.
+REQUEUE = {"requeue": True}
+GPU_NODE = dict(nodes=1, gpus_per_node=8, cpus_per_task=12, mem_gb=480, time_min=1440, extra_sbatch=REQUEUE)
+CPU_JOB = dict(nodes=1, gpus_per_node=0, cpus_per_task=4, mem_gb=64, time_min=60, extra_sbatch=REQUEUE)
 FULL_SCALE_RESOURCES: dict[str, Layer] = {
-    "prepare": dict(gpus_per_node=0, cpus_per_task=32, mem_gb=64, time_min=1440, max_timeouts=3),  # decode + write
+    "prepare": dict(CPU_JOB, cpus_per_task=32, time_min=1440),  # decoding and writing 1.3M images
     "pretrain": dict(GPU_NODE, max_timeouts=20),  # ViT-L: ~5 days on 8 GPUs
-    "export": dict(gpus_per_node=0, cpus_per_task=4, mem_gb=64, time_min=60),  # a ZeRO checkpoint into one file
+    "export": CPU_JOB,  # a ZeRO checkpoint into one file
     "finetune": dict(GPU_NODE, max_timeouts=10),
-    "probe": dict(nodes=1, gpus_per_node=1, cpus_per_task=12, mem_gb=128, time_min=1440, max_timeouts=3),
+    "probe": dict(GPU_NODE, gpus_per_node=1, mem_gb=128),  # features of 1.3M images in memory
     "segment": dict(GPU_NODE, max_timeouts=10),
-    "report": dict(gpus_per_node=0, cpus_per_task=4, mem_gb=16, time_min=60),
+    "report": dict(CPU_JOB, mem_gb=16),
 }
+SHAPE = ("nodes", "gpus_per_node")  # what a stage's work decides, not the cluster
 
 
-def full_scale(recipe: str, size: str) -> Layer:
-    """The paper-scale recipe of `recipe` for ViT-B or ViT-L, as a params layer."""
+def stage_resources(slurm: Layer) -> dict[str, Layer]:
+    """launcher.stages at full scale: each stage's preset with the user's launcher.slurm over it, but for SHAPE."""
+    cluster = {key: value for key, value in slurm.items() if key not in SHAPE}
+    extra = cluster.get("extra_sbatch", {})
+    return {
+        verb: {**p, **cluster, "extra_sbatch": {**p["extra_sbatch"], **extra}}
+        for verb, p in FULL_SCALE_RESOURCES.items()
+    }
+
+
+def full_scale(recipe: str, size: str, slurm: Layer | None = None) -> Layer:
+    """The paper-scale recipe of `recipe` for ViT-B or ViT-L, as a params layer; `slurm`: the user's
+    launcher.slurm (see stage_resources)."""
     if size not in ("base", "large"):
         raise UserError(f"scale full runs the paper's ViT-B or ViT-L: set model.size to base or large, not {size!r}")
     return {
@@ -130,7 +146,7 @@ def full_scale(recipe: str, size: str) -> Layer:
         "finetune": {**FINETUNE_COMMON, **FINETUNE[recipe, size]},
         "segment": {**SEGMENT_COMMON, **SEGMENT[size]},
         "probe": PROBE_FULL,
-        "launcher": {"stages": FULL_SCALE_RESOURCES},
+        "launcher": {"stages": stage_resources(slurm or {})},
     }
 
 

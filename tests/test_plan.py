@@ -130,6 +130,8 @@ def test_at_embedded_scale_ablations_run_their_stand_ins_with_a_probe(tmp_path: 
         (("launcher.stages.probe.gpus_per_node=8",), "probe base-nepa: runs on one process but gets 8 GPUs"),
         # 15.8: a multi-day run that its time limit and requeues cannot hold
         (("launcher.stages.pretrain.max_timeouts=0",), "set launcher.stages.pretrain.max_timeouts to"),
+        # a cluster-wide GPU count that the stages' own would silently replace
+        (("launcher.slurm.gpus_per_node=4",), "launcher.slurm.gpus_per_node 4 is ignored at scale full"),
         # Table 1b's and the appendix's comparisons need the paper's SwiGLU NEPA
         (("recipe=official",), "app-gelu compares base-gelu with base-nepa (app-swiglu), which resolve to the same"),
     ],

@@ -44,8 +44,8 @@ Resolve = Callable[[str, str], Params]  # (size, variant) -> that run's params
 
 @dataclass(frozen=True)
 class Job:
-    stage: str  # prepare_imagenet, prepare_ade20k, prepare_embedded, pretrain, export, finetune, probe, segment
-    size: str = ""  # "" for the dataset stages
+    stage: str  # prepare_imagenet, prepare_ade20k, prepare_embedded, pretrain, export, finetune, probe, segment, report
+    size: str = ""  # "" for the dataset stages and the report
     variant: str = ""
     rows: tuple[str, ...] = ()  # paper rows whose number this job's output is (or leads to)
     targets: tuple[str, ...] = ()
@@ -148,7 +148,9 @@ def build(params: Params, resolve: Resolve, targets: tuple[str, ...] = TARGETS) 
             for stage, rows in stages.items():
                 if stage != "pretrain":
                     add(stage, size, variant, target, rows)
-    order = ["prepare_embedded", "prepare_imagenet", "prepare_ade20k", "pretrain", "export", *DOWNSTREAM]
+        if target == "all":
+            add("report", "", "", target)
+    order = ["prepare_embedded", "prepare_imagenet", "prepare_ade20k", "pretrain", "export", *DOWNSTREAM, "report"]
     jobs = [
         Job(stage, size, variant, tuple(sorted(e["rows"])), tuple(t for t in TARGETS if t in e["targets"]))
         for (stage, size, variant), e in sorted(found.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1:]))

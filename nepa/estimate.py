@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from nepa.config import Params, load_params
+from nepa.config import SIZES, Params, add_params_arguments, load_params
 from nepa.errors import UserError
 from nepa.plan import (
     GPU_STAGES,
@@ -50,10 +50,10 @@ from nepa.plan import (
 from nepa.presets import IMAGENET_TRAIN
 
 IMAGENET_VAL = 50_000
-SIZES = {"base": "B", "large": "L"}
+LETTERS = {"base": "B", "large": "L"}  # ViT-B, ViT-L
 
 # ---- the assumptions, in one place --------------------------------------------------------------------------
-# Used only where no GPU measurement exists: PAPER.md "Cost: 8xH100, ~3 days (B), ~5 days (L)", for the paper's
+# Used only where no GPU measurement exists: docs/paper.md "Cost: 8xH100, ~3 days (B), ~5 days (L)", for the paper's
 # pretraining schedules (B 1600 epochs, L 800 epochs). Per-GPU speed = epochs x 1,281,167 / (8 x days x 86400 s),
 # i.e. everything the paper's runs spent (data loading, checkpoints, evaluation) charged to the training step.
 ASSUMED_COST: dict[str, dict[str, float]] = {
@@ -111,9 +111,7 @@ def training_flops(**arch: Any) -> float:
 
 def nepa_arch(params: Params, img_size: int | None = None) -> dict[str, Any]:
     """forward_flops() arguments of the configured NEPA model (size and MLP from params)."""
-    from nepa.models import MODEL_SIZES
-
-    fields = {**MODEL_SIZES[params.model.timm_name], **params.model.architecture()}
+    fields = {**SIZES[params.model.size].architecture, **params.model.architecture()}
     return dict(
         img_size=img_size or fields.get("img_size", 224),
         patch_size=fields.get("patch_size", 14),
@@ -137,7 +135,7 @@ class Speed:
 
 def benchmark_key(size: str, mlp: str) -> str:
     """The model name benchmarks/step_throughput.py gives this NEPA size and MLP."""
-    return f"nepa-{SIZES[size]}" + ("-swiglu" if mlp == "swiglu" else "")
+    return f"nepa-{LETTERS[size]}" + ("-swiglu" if mlp == "swiglu" else "")
 
 
 def gpu_results(folder: Path) -> list[dict[str, Any]]:
@@ -186,7 +184,7 @@ def assumed_speed(size: str) -> Speed:
     return Speed(
         speed,
         False,
-        f"ASSUMED, no GPU measurement of ViT-{SIZES[size]}: {cost['epochs']:.0f} epochs x "
+        f"ASSUMED, no GPU measurement of ViT-{LETTERS[size]}: {cost['epochs']:.0f} epochs x "
         f"{IMAGENET_TRAIN:,} images / ({cost['gpus']:.0f} GPUs x {cost['days']:.0f} days x "
         "86400 s), the paper's cost statement (8xH100)",
     )
@@ -382,12 +380,12 @@ def plan_table(plan: Plan, costs: list[Cost]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def _add_args(parser: argparse.ArgumentParser) -> None:
-    from nepa.cli import add_params_args
-
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`nepa plan`'s and `nepa estimate`'s arguments."""
+    parser.add_argument("--target", choices=TARGETS, action="append", help="a DAG target (default: all of them)")
     parser.add_argument("--gpus", type=int, help="GPUs of every multi-GPU job (default: its launcher resources)")
     parser.add_argument("--benchmarks", type=Path, help="step_throughput results (default: {results}/benchmarks)")
-    add_params_args(parser)  # not parse_with_params: a plan never goes to SLURM, it is arithmetic
+    add_params_arguments(parser)  # its own: it resolves each job's params (plan_of)
 
 
 def _fail(problems: list[str]) -> None:
@@ -400,12 +398,15 @@ def _benchmarks(args: argparse.Namespace, p: Params) -> list[dict[str, Any]]:
     return gpu_results(args.benchmarks or Path(p.results) / "benchmarks")
 
 
-def plan_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    parser.add_argument("--target", choices=TARGETS, action="append", help="a DAG target (default: all of them)")
-    _add_args(parser)
-    args = parser.parse_args(argv)
+def _check(args: argparse.Namespace) -> None:
     if args.gpus is not None and args.gpus < 1:
-        parser.error("--gpus must be at least 1")
+        raise UserError("--gpus must be at least 1")
+    if args.size or args.variant:
+        raise UserError("--size and --variant: a plan covers every size and variant of its targets; use --set")
+
+
+def plan_main(args: argparse.Namespace) -> int:
+    _check(args)
     plan = plan_of(Path(args.params), tuple(args.overrides), tuple(args.target or TARGETS))
     p = plan.params
     full = p.scale == "full"
@@ -423,13 +424,10 @@ def plan_main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     return 0
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    _add_args(parser)
-    args = parser.parse_args(argv)
-    if args.gpus is not None and args.gpus < 1:
-        parser.error("--gpus must be at least 1")
+def main(args: argparse.Namespace) -> int:
+    _check(args)
     with full_scale_params(args) as (path, at_full):
-        plan = plan_of(path, tuple(args.overrides), TARGETS)
+        plan = plan_of(path, tuple(args.overrides), tuple(args.target or TARGETS))
         p = plan.params
         results = _benchmarks(args, p)
         costs = costs_of(plan, results, args.gpus)

@@ -190,6 +190,9 @@ class FinetuneParams(EpochTrainingParams):
     freeze_patch_embed: bool = True
     attention: Literal["bidirectional", "causal"] = "bidirectional"
     pooling: Literal["mean", "last"] = "mean"
+    # learnable QK-Norm scales from fine-tuning on (the official fine-tune configs); a backbone pretrained with
+    # them (model.qk_norm_affine) keeps them either way
+    qk_norm_affine: bool = False
     ema_decay: Fraction | None = 0.999
     # fixed before any run
     report: Annotated[Literal["ema_final", "online_final", "max_final"], OPERATIONAL] = "ema_final"

@@ -155,10 +155,11 @@ def recipe_knobs(recipe: str, size: str) -> Layer:
     if recipe == "paper":
         # The RoPE coordinate rescale is the official code's; the paper does not describe it.
         model = {"mlp": "swiglu", "qk_norm_affine": False, "rope_rescale": None}
-        return {"model": model, "finetune": {"layer_decay_ramp": True}}
-    # Official: GeLU 4x MLP; learnable QK-Norm in the L pretraining config; the rescale; fixed layer decay.
+        return {"model": model, "finetune": {"layer_decay_ramp": True, "qk_norm_affine": False}}
+    # Official: GeLU 4x MLP; learnable QK-Norm in the L pretraining config and both fine-tune configs; the
+    # rescale; fixed layer decay.
     model = {"mlp": "gelu", "qk_norm_affine": size == "large", "rope_rescale": 2.0}
-    return {"model": model, "finetune": {"layer_decay_ramp": False}}
+    return {"model": model, "finetune": {"layer_decay_ramp": False, "qk_norm_affine": True}}
 
 
 # ---- the experiment plan: variants, their schedules and what they are compared with ---------------------------

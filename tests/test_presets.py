@@ -127,3 +127,10 @@ def test_the_estimates_assumed_cost_is_the_papers() -> None:
     b_days, b_epochs, l_days, l_epochs = map(int, found.groups())
     assert ASSUMED_COST["base"] == {"epochs": b_epochs, "days": b_days, "gpus": 8}
     assert ASSUMED_COST["large"] == {"epochs": l_epochs, "days": l_days, "gpus": 8}
+
+
+def test_every_documented_decision_key_is_a_param() -> None:
+    keys = [row["params key"] for row in table("Decisions") if row["params key"] != "-"]
+    assert len(keys) >= 7
+    for key in keys:
+        resolved(Params(), key)

@@ -92,9 +92,11 @@ def target_runs(params: Params, target: str) -> dict[tuple[str, str], dict[str, 
                     if row.size == size:
                         need(size, row.variant, row.stage, row.key)
             for variant in params.variants:
-                if not (full and (size, variant) in runs):  # at full scale the paper's rows say what a run needs
-                    for stage in DOWNSTREAM:
-                        need(size, variant, stage)
+                if full and (size, variant) in runs:  # at full scale the paper's rows say what a run needs
+                    continue
+                # a fine-tune-only variant's probe and segmentation would be those of the model it fine-tunes
+                for stage in DOWNSTREAM if source_of(variant, full) == variant else ("finetune",):
+                    need(size, variant, stage)
         return runs
     chosen = {stand_in(v) if not full else v for v in params.ablation_variants}
     picked = [row for row in _rows(ABLATION_TABLES) if (row.variant if full else stand_in(row.variant)) in chosen]
@@ -112,7 +114,7 @@ def target_runs(params: Params, target: str) -> dict[tuple[str, str], dict[str, 
             if source_of(variant, full) == variant:  # a fine-tune-only variant's probe would be its source's
                 need(size, variant, "probe")
             if row.stage == "pretrain":
-                need(size, stand_in(row.variant), "pretrain", row.key)
+                need(size, variant, "pretrain", row.key)
     return runs
 
 

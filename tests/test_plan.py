@@ -189,3 +189,10 @@ def test_the_report_reads_each_row_from_the_run_the_plan_runs_for_it(tmp_path: P
     assert len(filled) > 10
     for key, run in filled:
         assert tables.run_for(BY_KEY[key], ev) == run, key
+
+
+def test_a_fine_tune_only_variant_in_variants_only_fine_tunes(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("sizes: [tiny]\nvariants: [nepa, ft_causal]\n")
+    plan = plan_of(tmp_path / "params.yaml", (), ("all",))
+    assert {j.name for j in plan.jobs if j.variant == "ft_causal"} == {"finetune tiny-ft_causal"}
+    assert jobs(plan, "export") == {"tiny-nepa"}

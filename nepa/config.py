@@ -382,7 +382,7 @@ def _one_line(error: ValidationError, source: str) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}; see the documented keys in params.yaml"
-    if first["type"] == "value_error":  # one of the checks below; across keys (no key), its message names them
+    if first["type"] == "value_error":  # a validator's message; one across keys (no key) names the keys itself
         return f"{source}: {key + ': ' if key else ''}{first['ctx']['error']}"
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
 

@@ -11,9 +11,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nepa.config import add_params_arguments, params_from_arguments
 from nepa.errors import EXIT_USAGE, UserError
+from nepa.pipeline import follow_dvc_remote
 from nepa.verbs import VERBS
 
 
@@ -38,6 +40,7 @@ def run_verb(name: str, parser: argparse.ArgumentParser, argv: list[str]) -> int
     add_params_arguments(parser)
     args = parser.parse_args(argv)
     params = params_from_arguments(args)
+    follow_dvc_remote(Path(args.params).parent, params)
     if verb.stage and params.launcher.kind == "submitit":
         from nepa.launch import run_on_cluster  # submitit is loaded only where a verb is sent to SLURM
 

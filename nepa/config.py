@@ -4,7 +4,7 @@ Resolution, later wins:
   1. the defaults below;
   2. at `scale: embedded`, the embedded default's schedule (Fashion-MNIST, tiny model, CPU, minutes), and at
      `scale: full`, the full-scale recipe of `recipe` (paper | official) for the model size (nepa/presets.py);
-  3. the model knobs of `recipe` where paper and official code disagree (PAPER.md "Decisions");
+  3. the model knobs of `recipe` where paper and official code disagree (docs/paper.md, "Decisions");
   4. what params.yaml says;
   4b. the NEPA_LAUNCHER environment variable, if set: launcher.kind (local | submitit), so that a Snakemake
       profile or a cluster login shell sends every stage to SLURM without editing params.yaml;
@@ -299,7 +299,9 @@ class Params(Section):
     ablation_variants: tuple[str, ...] = ABLATION_VARIANTS  # what `snakemake ablations` runs (Table 1, appendix)
     seed: int = 0
     runs: str = "runs"  # stage outputs: checkpoints, exports, metrics
-    dvc_remote: str = "../nepa-dvc-storage"  # DVC remote for data and checkpoints (path or any DVC URL)
+    # DVC remote for data and checkpoints: a folder (relative: to the params file's folder) or any DVC URL;
+    # nepa commands keep .dvc/config on it (nepa/pipeline.py follow_dvc_remote)
+    dvc_remote: Annotated[str, Field(min_length=1)] = "../nepa-dvc-storage"
     results: str = "results"  # report and figures
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -389,7 +391,7 @@ def _one_line(error: ValidationError, source: str) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}; see the documented keys in params.yaml"
-    if first["type"] == "value_error":  # one of the checks below; across keys (no key), its message names them
+    if first["type"] == "value_error":  # a validator's message; one across keys (no key) names the keys itself
         return f"{source}: {key + ': ' if key else ''}{first['ctx']['error']}"
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
 

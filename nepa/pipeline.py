@@ -1,14 +1,22 @@
 """The pipeline's stages, once: the Snakefile's rules and dvc.yaml are both rendered from this table.
 
 Each stage is one `nepa` verb. Paths are templates over {data} (params data.root), {runs}, {results}
-and, for per-model stages, {size} and {variant}. `python -m nepa.pipeline` writes dvc.yaml
-(and the params schema);
-tests/test_workflow.py checks that it is current and that Snakemake and DVC build the same DAG.
+and, for per-model stages, {size} and {variant}. `python -m nepa.pipeline` writes dvc.yaml, .dvc/config
+and the params schema; tests/test_workflow.py checks that they are current and that Snakemake and DVC
+build the same DAG, with the same commands and the same inputs.
+
+What re-runs a stage, in both tools: its command, its params sections and its input files. The code is not
+an input of either: a change to the nepa package re-runs nothing by itself (a stage can cost GPU-days; every
+metrics.json records the git commit it ran at); `snakemake -R STAGE` or `dvc repro -f STAGE` re-runs one.
+Logs: Snakemake sends each verb's stdout and stderr to the stage's `log` file under logs/ (and shows it when
+the stage fails); `dvc repro` shows them on the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +33,7 @@ RUN = "{runs}/{size}-{variant}"
 class Stage:
     name: str
     cmd: str  # the nepa verb and its arguments
-    deps: tuple[str, ...]  # paths read (besides the nepa package and params)
+    deps: tuple[str, ...]  # paths read (besides params)
     outs: tuple[str, ...]  # paths written, versioned by DVC (folders end without a slash)
     params: tuple[str, ...]  # params.yaml sections the stage reads
     metrics: tuple[str, ...] = ()
@@ -37,6 +45,29 @@ class Stage:
     persist: tuple[str, ...] = ()
     # Outputs `snakemake --report` shows: (template, file patterns inside it; () for a file).
     shown: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def log(self) -> str:
+        """Snakemake's log file of the stage (a template, like the paths)."""
+        return f"logs/{self.name}/{{size}}-{{variant}}.log" if self.per_model else f"logs/{self.name}.log"
+
+
+def model_stage(verb: str, deps: tuple[str, ...], params: tuple[str, ...], trains: bool = True) -> Stage:
+    """A stage of one (size, variant). One that trains (on the engine) resumes its checkpoints and writes its
+    final numbers and its curve; the probe writes only its numbers."""
+    folder = f"{RUN}/{verb}"
+    trained = (f"{folder}/checkpoints",) if trains else ()
+    return Stage(
+        verb,
+        f"nepa {verb} --size {{size}} --variant {{variant}}",
+        deps=deps,
+        outs=trained,
+        persist=trained,
+        params=params,
+        metrics=(f"{folder}/metrics.json",),
+        plots=(f"{folder}/metrics.csv",) if trains else (),
+        per_model=True,
+    )
 
 
 STAGES: tuple[Stage, ...] = (
@@ -58,17 +89,8 @@ STAGES: tuple[Stage, ...] = (
         )
         for dataset in ("imagenet", "ade20k")
     ),
-    Stage(
-        "pretrain",
-        "nepa pretrain --size {size} --variant {variant}",
-        deps=("{data}/shards/imagenet",),
-        outs=(RUN + "/pretrain/checkpoints",),
-        persist=(RUN + "/pretrain/checkpoints",),
-        params=("recipe", "scale", "seed", "model", "objective", "pretrain"),
-        metrics=(RUN + "/pretrain/metrics.json",),  # the final loss: the collapse check
-        plots=(RUN + "/pretrain/metrics.csv",),
-        per_model=True,
-    ),
+    # the metrics: the final loss, the collapse check
+    model_stage("pretrain", ("{data}/shards/imagenet",), ("recipe", "scale", "seed", "model", "objective", "pretrain")),
     Stage(
         "export",
         "nepa export --size {size} --variant {variant}",
@@ -77,37 +99,9 @@ STAGES: tuple[Stage, ...] = (
         params=("model",),
         per_model=True,
     ),
-    Stage(
-        "finetune",
-        "nepa finetune --size {size} --variant {variant}",
-        deps=(RUN + "/export", "{data}/shards/imagenet"),
-        outs=(RUN + "/finetune/checkpoints",),
-        persist=(RUN + "/finetune/checkpoints",),
-        params=("recipe", "scale", "seed", "finetune"),
-        metrics=(RUN + "/finetune/metrics.json",),
-        plots=(RUN + "/finetune/metrics.csv",),
-        per_model=True,
-    ),
-    Stage(
-        "probe",
-        "nepa probe --size {size} --variant {variant}",
-        deps=(RUN + "/export", "{data}/shards/imagenet"),
-        outs=(),
-        params=("seed", "probe"),
-        metrics=(RUN + "/probe/metrics.json",),
-        per_model=True,
-    ),
-    Stage(
-        "segment",
-        "nepa segment --size {size} --variant {variant}",
-        deps=(RUN + "/export", "{data}/shards/ade20k"),
-        outs=(RUN + "/segment/checkpoints",),
-        persist=(RUN + "/segment/checkpoints",),
-        params=("recipe", "scale", "seed", "segment"),
-        metrics=(RUN + "/segment/metrics.json",),
-        plots=(RUN + "/segment/metrics.csv",),
-        per_model=True,
-    ),
+    model_stage("finetune", (RUN + "/export", "{data}/shards/imagenet"), ("recipe", "scale", "seed", "finetune")),
+    model_stage("probe", (RUN + "/export", "{data}/shards/imagenet"), ("seed", "probe"), trains=False),
+    model_stage("segment", (RUN + "/export", "{data}/shards/ade20k"), ("recipe", "scale", "seed", "segment")),
 )
 REPORT = Stage(
     "report",
@@ -158,7 +152,8 @@ def dvc_stage(s: Stage, params: Params) -> dict[str, Any]:
     deps = [_dvc_path(d) for d in s.deps]
     if s is REPORT:
         deps = report_inputs(params)  # DVC cannot expand a matrix into a list: rendered for the params at hand
-    body["deps"] = ["nepa", *deps]
+    if deps:
+        body["deps"] = deps
     body["params"] = list(s.params)
     if s.outs or s.extra_outs:
         outs: list[Any] = [{_dvc_path(o): {"persist": True}} if o in s.persist else _dvc_path(o) for o in s.outs]
@@ -182,9 +177,54 @@ def params_schema() -> str:
     return json.dumps(schema, indent=2) + "\n"
 
 
+def dvc_url(remote: str) -> str:
+    """params' dvc_remote as .dvc/config says it: DVC reads a relative path from the .dvc folder, while
+    params give it from the repository root (the default, ../nepa-dvc-storage, is beside the clone)."""
+    return remote if "://" in remote or Path(remote).is_absolute() else posixpath.join("..", remote)
+
+
 def dvc_config(params: Params) -> str:
     """.dvc/config: analytics off, the remote from params."""
-    return f"[core]\n    analytics = false\n    remote = nepa\n['remote \"nepa\"']\n    url = {params.dvc_remote}\n"
+    return (
+        "# Rendered from params.yaml (dvc_remote) by every nepa command: edit that, or keep your own settings in\n"
+        "# .dvc/config.local (`dvc remote modify --local nepa ...`).\n"
+        "[core]\n    analytics = false\n    remote = nepa\n"
+        f"['remote \"nepa\"']\n    url = {dvc_url(params.dvc_remote)}\n"
+    )
+
+
+def remote_problem(root: Path, remote: str) -> str | None:
+    """Why `dvc push` cannot store in a local remote folder, or None (URLs are DVC's to check)."""
+    if "://" in remote:
+        return None
+    path = root / remote
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def follow_dvc_remote(root: Path, params: Params) -> None:
+    """Keep the DVC project at `root` pushing to params' dvc_remote: DVC reads .dvc/config, never params.yaml,
+    so every nepa command that reads params (and the Snakefile) brings it up to date; an unusable local
+    remote is one line on stderr, as it is no reason to stop a stage."""
+    config = root / ".dvc" / "config"
+    if not config.parent.is_dir():
+        return  # params outside a DVC project (a run folder, a test)
+    text = dvc_config(params)
+    if not config.is_file() or config.read_text() != text:
+        partial = config.with_name(f"config.{os.getpid()}.partial")  # stages may start together: each its own
+        partial.write_text(text)
+        os.replace(partial, config)
+        print(f"nepa: {config}: DVC remote set to {params.dvc_remote} (params dvc_remote)", file=sys.stderr)
+    if problem := remote_problem(root, params.dvc_remote):
+        print(
+            f"nepa: params dvc_remote {params.dvc_remote!r} is not usable ({problem}): `dvc push` will fail; "
+            "set dvc_remote to a folder you can write or a DVC remote URL",
+            file=sys.stderr,
+        )
 
 
 RENDERED = {

@@ -1,4 +1,4 @@
-"""params.yaml validation and the full-scale presets against PAPER.md's recipes (quoted beside each check)."""
+"""params.yaml validation and the full-scale presets against the paper's recipes (docs/paper.md, quoted)."""
 
 from __future__ import annotations
 

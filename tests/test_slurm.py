@@ -313,7 +313,9 @@ def test_snakemake_profile_slurm_runs_every_stage_as_a_slurm_job(slurm, tmp_path
     start = time.monotonic()
     out = snakemake_with_slurm_profile(work, tmp_path)
     assert out.returncode == 0, out.stderr[-5000:]
-    jobs = re.findall(r"nepa (\w+): submitted SLURM job (\d+)", out.stderr)
+    # each rule's output is in its log under logs/
+    logs = "".join(log.read_text() for log in sorted((work / "logs").rglob("*.log")))
+    jobs = re.findall(r"nepa (\w+): submitted SLURM job (\d+)", logs)
     assert len(jobs) == 9 and {verb for verb, _ in jobs} == STAGE_VERBS, jobs  # 3 prepare + 6 single stages
     for verb, job_id in jobs:  # submitit's job folders, under the run folder
         assert (work / f"runs/slurm/{verb}/{job_id}/{job_id}_0_result.pkl").exists(), (verb, job_id)

@@ -1,7 +1,8 @@
 # Turn nepa/pipeline.py's stage table into rule parts: paths with {size}/{variant} wildcards, commands
-# with {wildcards.*}, resources from params.
+# with {wildcards.*} and their output sent to the stage's log, resources from params.
 import json
 
+from nepa.config import SIZES
 from nepa.pipeline import fill, report_inputs, stage
 
 
@@ -25,7 +26,11 @@ def stage_outputs(name):
 
 
 def stage_shell(name):
-    return stage(name).cmd.format(size="{wildcards.size}", variant="{wildcards.variant}")
+    return stage(name).cmd.format(size="{wildcards.size}", variant="{wildcards.variant}") + " > {log} 2>&1"
+
+
+def stage_log(name):
+    return stage(name).log
 
 
 def stage_params(name):
@@ -59,5 +64,5 @@ def stage_resources(name):
 
 
 wildcard_constraints:
-    size="|".join(["tiny", "small", "base", "large"]),
+    size="|".join(SIZES),
     variant="[a-z0-9_]+",

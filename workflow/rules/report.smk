@@ -4,7 +4,8 @@
 rule report:
     input: report_inputs(PARAMS)
     output: *stage_outputs("report")
-    shell: stage("report").cmd
+    log: stage_log("report")
+    shell: stage_shell("report")
 
 
 rule ablations:

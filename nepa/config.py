@@ -44,6 +44,7 @@ from nepa.presets import (
     EMBEDDED,
     ablation_schedule,
     full_scale,
+    pretraining_source,
     recipe_knobs,
 )
 from nepa.verbs import STAGES
@@ -298,6 +299,11 @@ class Params(Section):
     variants: tuple[str, ...] = ("nepa",)  # variants the DAG runs for every size (the report's rows)
     ablation_variants: tuple[str, ...] = ABLATION_VARIANTS  # what `snakemake ablations` runs (Table 1, appendix)
     seed: int = 0
+    # Seeds the DAG runs each run of a target with, each in its own folder {size}-{variant}-s{seed} (the seed is
+    # recorded in its metrics.json); empty: `seed` alone, in {size}-{variant}. `seeds` for the default target,
+    # `ablation_seeds` for `snakemake ablations`.
+    seeds: tuple[NonNegativeInt, ...] = ()
+    ablation_seeds: tuple[NonNegativeInt, ...] = ()
     runs: str = "runs"  # stage outputs: checkpoints, exports, metrics
     # DVC remote for data and checkpoints: a folder (relative: to the params file's folder) or any DVC URL;
     # nepa commands keep .dvc/config on it (nepa/pipeline.py follow_dvc_remote)
@@ -313,9 +319,24 @@ class Params(Section):
     launcher: LauncherParams = LauncherParams()
 
     @property
+    def seeded(self) -> bool:
+        """Runs are per seed: their folders name it."""
+        return bool(self.seeds or self.ablation_seeds)
+
+    def run_of(self, variant: str) -> str:
+        """Folder name of the run of `variant` at this size and seed."""
+        return f"{self.model.size}-{variant}" + (f"-s{self.seed}" if self.seeded else "")
+
+    @property
     def run_name(self) -> str:
-        """Folder name of this configuration's runs: size and variant."""
-        return f"{self.model.size}-{self.variant}"
+        """Folder name of this configuration's runs: size, variant (and seed, where runs are per seed)."""
+        return self.run_of(self.variant)
+
+    @property
+    def pretrained_run(self) -> str:
+        """The run whose pretraining and export this run's downstream stages start from: its own, or for a
+        fine-tune-only variant its baseline's (nepa/presets.py PRETRAINED_BY)."""
+        return self.run_of(pretraining_source(self.variant, self.scale == "full"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

@@ -272,12 +272,12 @@ def full_scale_params(args: argparse.Namespace) -> Iterator[tuple[Path, bool]]:
 
 
 def plan_of(path: Path, overrides: tuple[str, ...], targets: tuple[str, ...]) -> Plan:
-    cache: dict[tuple[str, str], Params] = {}
+    cache: dict[tuple[str, str, int], Params] = {}
 
-    def resolve(size: str, variant: str) -> Params:
-        if (size, variant) not in cache:
-            cache[size, variant] = load_params(path, (*overrides, f"variant={variant}"), size=size)
-        return cache[size, variant]
+    def resolve(size: str, variant: str, seed: int) -> Params:
+        if (size, variant, seed) not in cache:
+            cache[size, variant, seed] = load_params(path, (*overrides, f"variant={variant}", f"seed={seed}"), size)
+        return cache[size, variant, seed]
 
     return build(load_params(path, overrides), resolve, targets)
 

@@ -1,9 +1,11 @@
 """The pipeline's stages, once: the Snakefile's rules and dvc.yaml are both rendered from this table.
 
-Each stage is one `nepa` verb. Paths are templates over {data} (params data.root), {runs}, {results}
-and, for per-model stages, {size} and {variant}. `python -m nepa.pipeline` writes dvc.yaml, .dvc/config
-and the params schema; tests/test_workflow.py checks that they are current and that Snakemake and DVC
-build the same DAG, with the same commands and the same inputs.
+Each stage is one `nepa` verb. Paths are templates over {data} (params data.root), {runs}, {results}, the
+datasets' sources and, for per-model stages, {size}, {variant} and the seed. Which runs a target runs is the
+experiment plan's (nepa/plan.py): both tools run its jobs, a fine-tune-only variant's downstream stages start
+from the export of the run it reuses ({source}). `python -m nepa.pipeline` writes dvc.yaml (the default
+target's runs, for the params at hand), .dvc/config and the params schema; tests/test_workflow.py checks that
+they are current and that Snakemake and DVC build the same DAG, with the same commands and the same inputs.
 
 What re-runs a stage, in both tools: its command, its params sections and its input files. The code is not
 an input of either: a change to the nepa package re-runs nothing by itself (a stage can cost GPU-days; every
@@ -25,8 +27,13 @@ from typing import Any
 import yaml
 
 from nepa.config import Params
+from nepa.plan import Job, plan_jobs
+from nepa.presets import pretraining_source
 
-RUN = "{runs}/{size}-{variant}"
+# A run's folder: {seedpart} is -s{seed} where runs are per seed (params seeds/ablation_seeds), else empty;
+# {seedarg} passes that seed to the verb. SOURCE: the run whose export a downstream stage starts from.
+RUN = "{runs}/{size}-{variant}{seedpart}"
+SOURCE = "{runs}/{size}-{source}{seedpart}"
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ class Stage:
     @property
     def log(self) -> str:
         """Snakemake's log file of the stage (a template, like the paths)."""
-        return f"logs/{self.name}/{{size}}-{{variant}}.log" if self.per_model else f"logs/{self.name}.log"
+        return f"logs/{self.name}/{{size}}-{{variant}}{{seedpart}}.log" if self.per_model else f"logs/{self.name}.log"
 
 
 def model_stage(verb: str, deps: tuple[str, ...], params: tuple[str, ...], trains: bool = True) -> Stage:
@@ -59,7 +66,7 @@ def model_stage(verb: str, deps: tuple[str, ...], params: tuple[str, ...], train
     trained = (f"{folder}/checkpoints",) if trains else ()
     return Stage(
         verb,
-        f"nepa {verb} --size {{size}} --variant {{variant}}",
+        f"nepa {verb} --size {{size}} --variant {{variant}}{{seedarg}}",
         deps=deps,
         outs=trained,
         persist=trained,
@@ -71,7 +78,7 @@ def model_stage(verb: str, deps: tuple[str, ...], params: tuple[str, ...], train
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage(
+    Stage(  # the embedded default only: at scale full the sources are the real datasets'
         "prepare_embedded",
         "nepa prepare embedded",
         deps=(),
@@ -82,7 +89,7 @@ STAGES: tuple[Stage, ...] = (
         Stage(
             f"prepare_{dataset}",
             f"nepa prepare {dataset}",
-            deps=("{data}/raw",),
+            deps=(f"{{{dataset}_src}}",),  # the embedded raw layouts, or data.{dataset}_src at scale full
             outs=(f"{{data}}/shards/{dataset}",),
             params=("scale", "data"),
             persist=(f"{{data}}/shards/{dataset}",),  # an interrupted prepare writes only the missing shards
@@ -93,15 +100,15 @@ STAGES: tuple[Stage, ...] = (
     model_stage("pretrain", ("{data}/shards/imagenet",), ("recipe", "scale", "seed", "model", "objective", "pretrain")),
     Stage(
         "export",
-        "nepa export --size {size} --variant {variant}",
+        "nepa export --size {size} --variant {variant}{seedarg}",
         deps=(RUN + "/pretrain/checkpoints",),
         outs=(RUN + "/export",),
         params=("model",),
         per_model=True,
     ),
-    model_stage("finetune", (RUN + "/export", "{data}/shards/imagenet"), ("recipe", "scale", "seed", "finetune")),
-    model_stage("probe", (RUN + "/export", "{data}/shards/imagenet"), ("seed", "probe"), trains=False),
-    model_stage("segment", (RUN + "/export", "{data}/shards/ade20k"), ("recipe", "scale", "seed", "segment")),
+    model_stage("finetune", (SOURCE + "/export", "{data}/shards/imagenet"), ("recipe", "scale", "seed", "finetune")),
+    model_stage("probe", (SOURCE + "/export", "{data}/shards/imagenet"), ("seed", "probe"), trains=False),
+    model_stage("segment", (SOURCE + "/export", "{data}/shards/ade20k"), ("recipe", "scale", "seed", "segment")),
 )
 REPORT = Stage(
     "report",
@@ -119,54 +126,89 @@ def stage(name: str) -> Stage:
     return next(s for s in (*STAGES, REPORT) if s.name == name)
 
 
-def fill(template: str, params: Params, **wildcards: str) -> str:
-    return template.format(data=params.data.root, runs=params.runs, results=params.results, **wildcards)
+def stages_of(params: Params) -> tuple[Stage, ...]:
+    """The stages of the params' DAG: at scale full no embedded data."""
+    return tuple(s for s in (*STAGES, REPORT) if params.scale == "embedded" or s.name != "prepare_embedded")
+
+
+def fill(template: str, params: Params, size: str = "", variant: str = "", seed: object = "", source: str = "") -> str:
+    """A template's path or command, for a run's values or for Snakemake's or DVC's placeholders of them. The
+    source run (a fine-tune-only variant's baseline) follows from a concrete variant where not given."""
+    full = params.scale == "full"
+    raw = f"{params.data.root}/raw"
+    return template.format(
+        data=params.data.root,
+        runs=params.runs,
+        results=params.results,
+        size=size,
+        variant=variant,
+        source=source or (pretraining_source(variant, full) if "{source}" in template else ""),
+        imagenet_src=params.data.imagenet_src if full else raw,
+        ade20k_src=params.data.ade20k_src if full else raw,
+        seedpart=f"-s{seed}" if params.seeded else "",
+        seedarg=f" --set seed={seed}" if params.seeded else "",
+    )
+
+
+def job_paths(job: Job, params: Params) -> list[str]:
+    """What a job of the plan leaves that the report reads or a target asks for: metrics, curves, the export."""
+    s = stage(job.stage)
+    kept = [t for t in (*s.metrics, *s.plots, *s.outs) if not t.endswith("/checkpoints")]
+    return [fill(t, params, job.size, job.variant, job.seed) for t in kept]
+
+
+def target_inputs(params: Params, target: str) -> list[str]:
+    """The outputs a target (the plan's `all` or `ablations`) asks for: every run's metrics, curves and export."""
+    return [path for job in plan_jobs(params, (target,)) if job.size for path in job_paths(job, params)]
 
 
 def report_inputs(params: Params) -> list[str]:
-    """The metrics and curves `nepa report` reads, for every configured size and variant."""
-    paths = []
-    for size in params.sizes:
-        for variant in params.variants:
-            for s in STAGES:
-                if s.per_model and (s.name in DOWNSTREAM or s.plots):
-                    paths += [fill(p, params, size=size, variant=variant) for p in (*s.metrics, *s.plots)]
-            paths.append(fill(RUN + "/export", params, size=size, variant=variant))  # the maps' models
-    return [*paths, fill("{data}/shards/imagenet", params)]  # the maps' validation images
+    """The metrics, curves and exported models `nepa report` reads: the default target's, with the validation
+    images of the maps."""
+    return [*target_inputs(params, "all"), fill("{data}/shards/imagenet", params)]
 
 
 # ---- dvc.yaml ------------------------------------------------------------------------------------
 
 
-def _dvc_path(template: str) -> str:
-    return template.format(
-        data="${data.root}", runs="${runs}", results="${results}", size="${item.size}", variant="${item.variant}"
-    )
+def _dvc_path(template: str, params: Params) -> str:
+    """A template as dvc.yaml says it: rendered for the params at hand, a run's values from its foreach item."""
+    return fill(template, params, "${item.size}", "${item.variant}", "${item.seed}", source="${item.source}")
+
+
+def dvc_runs(s: Stage, params: Params) -> dict[str, dict[str, Any]]:
+    """A per-model stage's runs in the default target, by run name (DVC's stage names: pretrain@tiny-nepa)."""
+    full = params.scale == "full"
+    return {
+        job.run: dict(size=job.size, variant=job.variant, seed=job.seed, source=pretraining_source(job.variant, full))
+        for job in plan_jobs(params, ("all",))
+        if job.stage == s.name
+    }
 
 
 def dvc_stage(s: Stage, params: Params) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if s.per_model:
-        body["matrix"] = {"size": "${sizes}", "variant": "${variants}"}
-    body["cmd"] = _dvc_path(s.cmd)
-    deps = [_dvc_path(d) for d in s.deps]
+    body: dict[str, Any] = {"cmd": _dvc_path(s.cmd, params)}
+    deps = [_dvc_path(d, params) for d in s.deps]
     if s is REPORT:
-        deps = report_inputs(params)  # DVC cannot expand a matrix into a list: rendered for the params at hand
+        deps = report_inputs(params)  # DVC cannot expand a foreach into a list: rendered for the params at hand
     if deps:
         body["deps"] = deps
     body["params"] = list(s.params)
     if s.outs or s.extra_outs:
-        outs: list[Any] = [{_dvc_path(o): {"persist": True}} if o in s.persist else _dvc_path(o) for o in s.outs]
-        body["outs"] = outs + [{_dvc_path(o): {"cache": False}} for o in s.extra_outs]
+        outs: list[Any] = [
+            {_dvc_path(o, params): {"persist": True}} if o in s.persist else _dvc_path(o, params) for o in s.outs
+        ]
+        body["outs"] = outs + [{_dvc_path(o, params): {"cache": False}} for o in s.extra_outs]
     if s.metrics:
-        body["metrics"] = [{_dvc_path(m): {"cache": False}} for m in s.metrics]
+        body["metrics"] = [{_dvc_path(m, params): {"cache": False}} for m in s.metrics]
     if s.plots:
-        body["plots"] = [{_dvc_path(p): {"cache": False, "x": "step"}} for p in s.plots]
-    return body
+        body["plots"] = [{_dvc_path(p, params): {"cache": False, "x": "step"}} for p in s.plots]
+    return {"foreach": dvc_runs(s, params), "do": body} if s.per_model else body
 
 
 def dvc_yaml(params: Params) -> str:
-    stages = {s.name: dvc_stage(s, params) for s in (*STAGES, REPORT)}
+    """dvc.yaml of the default target (a stage without runs in it is left out)."""
+    stages = {s.name: dvc_stage(s, params) for s in stages_of(params) if not s.per_model or dvc_runs(s, params)}
     header = "# Rendered from nepa/pipeline.py by `python -m nepa.pipeline` - edit that, not this.\n"
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
 

@@ -26,7 +26,7 @@ from nepa.presets import (
     PRETRAIN_COMMON,
     PRETRAIN_EPOCHS,
     SHAPE,
-    pretrained_by,
+    pretraining_source,
     stand_in,
     steps_per_epoch,
 )
@@ -39,7 +39,7 @@ ONE_PROCESS = ("probe",)  # runs on rank 0 only: more than one GPU would idle
 # Sections a pretraining depends on: a fine-tune-only run may reuse another's pretraining only where they agree.
 PRETRAINING = ("recipe", "scale", "seed", "data", "model", "objective", "pretrain")
 
-Resolve = Callable[[str, str], Params]  # (size, variant) -> that run's params
+Resolve = Callable[[str, str, int], Params]  # (size, variant, seed) -> that run's params
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,10 @@ class Job:
     stage: str  # prepare_imagenet, prepare_ade20k, prepare_embedded, pretrain, export, finetune, probe, segment, report
     size: str = ""  # "" for the dataset stages and the report
     variant: str = ""
+    seed: int = 0
+    run: str = ""  # the run folder's name: size-variant, and -s{seed} where runs are per seed (Params.run_name)
     rows: tuple[str, ...] = ()  # paper rows whose number this job's output is (or leads to)
     targets: tuple[str, ...] = ()
-
-    @property
-    def run(self) -> str:
-        return f"{self.size}-{self.variant}" if self.size else ""
 
     @property
     def name(self) -> str:
@@ -61,12 +59,16 @@ class Job:
 
 @dataclass
 class Plan:
-    params: Params  # the params file's own (its scale, sizes, variants)
+    params: Params  # the params file's own (its scale, sizes, variants, seeds)
     resolve: Resolve
     jobs: list[Job] = field(default_factory=list)
 
     def params_of(self, job: Job) -> Params:
-        return self.resolve(job.size, job.variant)
+        return self.resolve(job.size, job.variant, job.seed)
+
+    def of_variant(self, job: Job, variant: str) -> Params:
+        """The params of `variant`'s run at the job's size and seed."""
+        return self.resolve(job.size, variant, job.seed)
 
 
 # ---- which runs a target needs ----------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def target_runs(params: Params, target: str) -> dict[tuple[str, str], dict[str, 
                 if full and (size, variant) in runs:  # at full scale the paper's rows say what a run needs
                     continue
                 # a fine-tune-only variant's probe and segmentation would be those of the model it fine-tunes
-                for stage in DOWNSTREAM if source_of(variant, full) == variant else ("finetune",):
+                for stage in DOWNSTREAM if pretraining_source(variant, full) == variant else ("finetune",):
                     need(size, variant, stage)
         return runs
     chosen = {stand_in(v) if not full else v for v in params.ablation_variants}
@@ -111,26 +113,30 @@ def target_runs(params: Params, target: str) -> dict[tuple[str, str], dict[str, 
         variant = stand_in(row.variant)
         for size in params.sizes:  # each reduced-scale size stands in for ViT-B; a probe beside every fine-tune
             need(size, variant, "finetune", row.key if row.stage == "finetune" else None)
-            if source_of(variant, full) == variant:  # a fine-tune-only variant's probe would be its source's
+            if pretraining_source(variant, full) == variant:  # a fine-tune-only variant's probe would be its source's
                 need(size, variant, "probe")
             if row.stage == "pretrain":
                 need(size, variant, "pretrain", row.key)
     return runs
 
 
-def source_of(variant: str, full: bool) -> str:
-    """The variant whose pretraining a run of `variant` fine-tunes."""
-    source = pretrained_by(variant)
-    return source if full else stand_in(source)
+def target_seeds(params: Params, target: str) -> tuple[int, ...]:
+    """The seeds every run of `target` runs with."""
+    return (params.seeds if target == "all" else params.ablation_seeds) or (params.seed,)
 
 
 def build(params: Params, resolve: Resolve, targets: tuple[str, ...] = TARGETS) -> Plan:
+    """The plan of `targets`: its jobs, and `resolve` for each job's params (the audit's)."""
+    return Plan(params, resolve, plan_jobs(params, targets))
+
+
+def plan_jobs(params: Params, targets: tuple[str, ...] = TARGETS) -> list[Job]:
     """Every job of `targets`, dataset stages first, each once (with every row and target it serves)."""
     full = params.scale == "full"
-    found: dict[tuple[str, str, str], dict[str, set[str]]] = {}
+    found: dict[tuple[str, str, str, int], dict[str, set[str]]] = {}
 
-    def add(stage: str, size: str, variant: str, target: str, rows: set[str] = frozenset()) -> None:
-        entry = found.setdefault((stage, size, variant), {"rows": set(), "targets": set()})
+    def add(stage: str, size: str, variant: str, seed: int, target: str, rows: set[str] = frozenset()) -> None:
+        entry = found.setdefault((stage, size, variant, seed), {"rows": set(), "targets": set()})
         entry["rows"] |= rows
         entry["targets"].add(target)
 
@@ -138,26 +144,38 @@ def build(params: Params, resolve: Resolve, targets: tuple[str, ...] = TARGETS) 
         runs = target_runs(params, target)
         datasets = {"imagenet"} | ({"ade20k"} if any("segment" in s for s in runs.values()) else set())
         if not full:
-            add("prepare_embedded", "", "", target)
+            add("prepare_embedded", "", "", 0, target)
         for dataset in sorted(datasets):
-            add(f"prepare_{dataset}", "", "", target)
+            add(f"prepare_{dataset}", "", "", 0, target)
         for (size, variant), stages in runs.items():
-            source = source_of(variant, full)
+            source = pretraining_source(variant, full)
             below = set().union(*stages.values())  # the pretraining leads to every row its run fills
-            add("pretrain", size, source, target, below)
-            if set(stages) - {"pretrain"}:
-                add("export", size, source, target, below)
-            for stage, rows in stages.items():
-                if stage != "pretrain":
-                    add(stage, size, variant, target, rows)
+            for seed in target_seeds(params, target):
+                add("pretrain", size, source, seed, target, below)
+                if set(stages) - {"pretrain"}:
+                    add("export", size, source, seed, target, below)
+                for stage, rows in stages.items():
+                    if stage != "pretrain":
+                        add(stage, size, variant, seed, target, rows)
         if target == "all":
-            add("report", "", "", target)
+            add("report", "", "", 0, target)
     order = ["prepare_embedded", "prepare_imagenet", "prepare_ade20k", "pretrain", "export", *DOWNSTREAM, "report"]
-    jobs = [
-        Job(stage, size, variant, tuple(sorted(e["rows"])), tuple(t for t in TARGETS if t in e["targets"]))
-        for (stage, size, variant), e in sorted(found.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1:]))
+
+    def run(size: str, variant: str, seed: int) -> str:
+        return f"{size}-{variant}" + (f"-s{seed}" if params.seeded else "") if size else ""
+
+    return [
+        Job(
+            stage,
+            size,
+            variant,
+            seed,
+            run(size, variant, seed),
+            tuple(sorted(e["rows"])),
+            tuple(t for t in TARGETS if t in e["targets"]),
+        )
+        for (stage, size, variant, seed), e in sorted(found.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1:]))
     ]
-    return Plan(params, resolve, jobs)
 
 
 # ---- schedules and batches ------------------------------------------------------------------------------------
@@ -245,8 +263,8 @@ def audit(plan: Plan) -> list[str]:
             continue
         p = plan.params_of(job)
         problems += _job_problems(job, p, full)
-        if job.stage in DOWNSTREAM and source_of(job.variant, full) != job.variant:
-            source = plan.resolve(job.size, source_of(job.variant, full))
+        if job.stage in DOWNSTREAM and pretraining_source(job.variant, full) != job.variant:
+            source = plan.of_variant(job, pretraining_source(job.variant, full))
             if _pretraining(source) != _pretraining(p):
                 differ = sorted(k for k in PRETRAINING if _pretraining(source)[k] != _pretraining(p)[k])
                 problems.append(
@@ -335,7 +353,7 @@ def _void_comparisons(plan: Plan) -> list[str]:
             ours, theirs = (v if full else stand_in(v) for v in (row.variant, versus.variant))
             if ours == theirs:
                 continue  # one run's two metrics (Table 6)
-            a, b = (plan.resolve(job.size, v).model_dump(exclude={"variant"}) for v in (ours, theirs))
+            a, b = (plan.of_variant(job, v).model_dump(exclude={"variant"}) for v in (ours, theirs))
             if a == b:
                 problems.append(
                     f"{key} compares {job.size}-{ours} with {job.size}-{theirs} ({versus.key}), which resolve to the "

@@ -256,6 +256,12 @@ def pretrained_by(variant: str) -> str:
     return PRETRAINED_BY.get(variant, variant)
 
 
+def pretraining_source(variant: str, full: bool) -> str:
+    """The variant whose pretraining and export a run of `variant` starts from, at full or reduced scale."""
+    source = pretrained_by(variant)
+    return source if full else stand_in(source)
+
+
 def stand_in(variant: str) -> str:
     """The variant that runs in `variant`'s place at reduced scale, where Table 1's schedules do not apply: the
     first variant with the same change and the same stand-in pretraining (nepa_100k -> nepa,

@@ -34,18 +34,20 @@ def test_rendered_files_are_current() -> None:
 Jobs = tuple[dict[str, str], set[tuple[str, str]], dict[str, set[str]]]
 
 
-def snakemake_jobs(cwd: Path = ROOT) -> Jobs:
-    """(job -> shell command, edges, job -> input paths) of Snakemake's default target, jobs named like DVC's
-    (rule@size-variant). A command's redirection of its output into its log under logs/ is checked and taken
-    off: that is where Snakemake keeps a stage's output, while DVC shows it on the terminal.
+def snakemake_jobs(cwd: Path = ROOT, *targets: str) -> Jobs:
+    """(job -> shell command, edges, job -> input paths) of Snakemake's `targets` (default: the default one),
+    jobs named like DVC's (rule@size-variant, rule@size-variant-sSEED where runs are per seed). A command's
+    redirection of its output into its log under logs/ is checked and taken off: that is where Snakemake keeps a
+    stage's output, while DVC shows it on the terminal.
 
     --forceall: the whole DAG, whatever outputs already exist (DVC's dag lists every stage too)."""
     names, commands, inputs = {}, {}, {}
-    for block in run("snakemake", "-n", "-p", "--forceall", "--cores", "1", cwd=cwd).split("\nrule ")[1:]:
+    for block in run("snakemake", "-n", "-p", "--forceall", "--cores", "1", *targets, cwd=cwd).split("\nrule ")[1:]:
         rule = block.split(":", 1)[0]
         jobid = int(re.search(r"jobid: (\d+)", block)[1])
-        wildcards = re.search(r"wildcards: size=(\w+), variant=(\w+)", block)
-        names[jobid] = job = f"{rule}@{wildcards[1]}-{wildcards[2]}" if wildcards else rule
+        wildcards = re.search(r"wildcards: size=(\w+), variant=(\w+)(?:, seed=(\d+))?", block)
+        seed = f"-s{wildcards[3]}" if wildcards and wildcards[3] else ""
+        names[jobid] = job = f"{rule}@{wildcards[1]}-{wildcards[2]}{seed}" if wildcards else rule
         shell = re.search(r"Shell command: (.+)", block)
         if shell and shell[1].strip() != "None":  # `all` is Snakemake's target rule, not a stage: it has no command
             log = re.search(r"^    log: (\S+)$", block, re.MULTILINE)
@@ -55,7 +57,7 @@ def snakemake_jobs(cwd: Path = ROOT) -> Jobs:
             commands[job] = command
             listed = re.search(r"^    input: (.+)$", block, re.MULTILINE)
             inputs[job] = set(listed[1].split(", ")) if listed else set()
-    dag = json.loads(run("snakemake", "--d3dag", "--forceall", "--cores", "1", cwd=cwd))
+    dag = json.loads(run("snakemake", "--d3dag", "--forceall", "--cores", "1", *targets, cwd=cwd))
     edges = {(names[e["u"]], names[e["v"]]) for e in dag["edges"]}
     return commands, {(a, b) for a, b in edges if a in commands and b in commands}, inputs
 

@@ -9,7 +9,7 @@ rule prepare_embedded:
 
 
 rule prepare_imagenet:
-    input: *stage_inputs("prepare_imagenet")
+    input: stage_inputs("prepare_imagenet")
     output: *stage_outputs("prepare_imagenet")
     log: stage_log("prepare_imagenet")
     params: settings=stage_params("prepare_imagenet")
@@ -18,7 +18,7 @@ rule prepare_imagenet:
 
 
 rule prepare_ade20k:
-    input: *stage_inputs("prepare_ade20k")
+    input: stage_inputs("prepare_ade20k")
     output: *stage_outputs("prepare_ade20k")
     log: stage_log("prepare_ade20k")
     params: settings=stage_params("prepare_ade20k")

@@ -1,7 +1,7 @@
 # Downstream evaluation of the exported EMA weights: ImageNet fine-tuning, linear probe, ADE20K UperNet.
 
 rule finetune:
-    input: *stage_inputs("finetune")
+    input: stage_inputs("finetune")
     output: *stage_outputs("finetune")
     log: stage_log("finetune")
     params: settings=stage_params("finetune")
@@ -11,7 +11,7 @@ rule finetune:
 
 
 rule probe:
-    input: *stage_inputs("probe")
+    input: stage_inputs("probe")
     output: *stage_outputs("probe")
     log: stage_log("probe")
     params: settings=stage_params("probe")
@@ -21,7 +21,7 @@ rule probe:
 
 
 rule segment:
-    input: *stage_inputs("segment")
+    input: stage_inputs("segment")
     output: *stage_outputs("segment")
     log: stage_log("segment")
     params: settings=stage_params("segment")

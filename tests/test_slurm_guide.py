@@ -4,22 +4,21 @@ by default (the local SLURM, tests/slurm_cluster.py)."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 from paper_doc import doc_tables
-from test_slurm import SMALL_DATA, SUBMITIT, submitted, wait_for
+from test_slurm import ROOT, running_prepare, stand_in_sbatch
 
 from nepa import launch
 from nepa.cli import main as nepa_main
 from nepa.config import load_params
 from nepa.presets import FULL_SCALE_RESOURCES
 
-GUIDE = Path(__file__).resolve().parents[1] / "docs" / "slurm.md"
+GUIDE = ROOT / "docs" / "slurm.md"
 PROJECT = "/scratch/me/nepa"  # where the guide's user works
 
 
@@ -43,12 +42,7 @@ def test_the_guides_params_pass_the_plan_audit(tmp_path: Path, capsys: pytest.Ca
 
 def test_the_guides_job_script_is_what_its_params_produce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """submitit's own job script for the guide's pretraining, taken by a stand-in sbatch."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, body in (("sbatch", "echo Submitted batch job 4242"), ("srun", "exit 1")):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    stand_in_sbatch(tmp_path / "bin", monkeypatch)
     monkeypatch.chdir(tmp_path)
     launcher = load_params(guide_params(tmp_path)).launcher
     job = launch.executor("pretrain", launcher).submit(launch.StageTask(["pretrain"], PROJECT))
@@ -96,7 +90,7 @@ def test_the_time_limit_signal_requeues_only_a_requeue_job_where_the_cluster_ref
     slurm = refuses_requeue
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NEPA_LAUNCHER", raising=False)
-    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    shutil.copy(ROOT / "params.yaml", tmp_path)
     guide = [
         "--set",
         "launcher.slurm.extra_sbatch=" + ("{requeue: true}" if requeue else "{}"),
@@ -105,22 +99,13 @@ def test_the_time_limit_signal_requeues_only_a_requeue_job_where_the_cluster_ref
         "--set",
         f"launcher.slurm.python=env NEPA_IN_CONTAINER=1 {sys.executable}",
     ]
-    args = ["prepare", "embedded", *SUBMITIT, *SMALL_DATA, "--set", "data.embedded_images=[10000,2000]", *guide]
-    log = tmp_path / "outer.err"
-    with log.open("w") as err:
-        outer = subprocess.Popen([sys.executable, "-m", "nepa.cli", *args], stderr=err)
-    try:
-        wait_for(lambda: "logs:" in log.read_text(), 60, "submission")
-        job_id, _, stderr_log = submitted(log.read_text())
-        wait_for(lambda: stderr_log.exists() and "embedded imagenet" in stderr_log.read_text(), 120, "progress")
+    with running_prepare(tmp_path, *guide) as (outer, log, job_id):
         script = next((tmp_path / "runs/slurm/prepare" / job_id).glob("*_submission.sh")).read_text()
         assert ("#SBATCH --requeue" in script) == requeue and "export NCCL_DEBUG=WARN" in script
         slurm.cmd("scancel", "--signal", "USR2", job_id)
         if requeue:
             slurm.release(job_id)
         status = outer.wait(timeout=300)
-    finally:
-        outer.kill()
     text = log.read_text()
     if requeue:
         assert status == 0 and "DUE TO JOB REQUEUE" in text, text

@@ -216,12 +216,6 @@ def gpus(p: Params, stage: str) -> int:
     return r.nodes * r.gpus_per_node
 
 
-def processes(p: Params, stage: str) -> int:
-    """Processes (ranks) a stage runs on: one per GPU, or launcher.processes per node on CPU."""
-    r = p.launcher.resources(stage)
-    return r.nodes * (r.gpus_per_node or p.launcher.processes)
-
-
 def batch_text(p: Params, stage: str) -> str:
     """The global batch as processes x micro-batch x accumulation."""
     section = getattr(p, stage, None)
@@ -229,7 +223,7 @@ def batch_text(p: Params, stage: str) -> str:
         return f"{section.global_batch} on 1 process"
     if section is None or not hasattr(section, "micro_batch"):
         return ""
-    world = processes(p, stage)
+    world = p.launcher.tasks(stage)
     per_step = section.micro_batch * world
     accumulation = f" x {section.global_batch // per_step} acc." if section.global_batch % per_step == 0 else " ✗"
     return f"{section.global_batch} = {section.micro_batch} x {world} proc.{accumulation}"
@@ -300,7 +294,7 @@ def _job_problems(job: Job, p: Params, full: bool) -> list[str]:
             )
     section = getattr(p, job.stage, None)
     if job.stage in ("pretrain", "finetune", "segment"):
-        world = processes(p, job.stage)
+        world = p.launcher.tasks(job.stage)
         if section.global_batch % (section.micro_batch * world):
             problems.append(
                 f"{job.name}: {job.stage}.global_batch {section.global_batch} is not a multiple of "

@@ -12,10 +12,12 @@ import importlib
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nepa.config import add_params_arguments, params_from_arguments
 from nepa.errors import EXIT_USAGE, UserError
 from nepa.files import io_error_line
+from nepa.pipeline import follow_dvc_remote
 from nepa.stopping import EXIT_REQUEUE, Stopped, stop_on_signals
 from nepa.verbs import VERBS
 
@@ -35,16 +37,18 @@ def run_verb(name: str, parser: argparse.ArgumentParser, argv: list[str]) -> int
     module = importlib.import_module(verb.module)
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
+    run = getattr(module, verb.function)
     if not verb.params:
-        return module.main(parser.parse_args(argv))
+        return run(parser.parse_args(argv))
     add_params_arguments(parser)
     args = parser.parse_args(argv)
     params = params_from_arguments(args)
+    follow_dvc_remote(Path(args.params).parent, params)
     if verb.stage and params.launcher.kind == "submitit":
         from nepa.launch import run_on_cluster  # submitit is loaded only where a verb is sent to SLURM
 
         return run_on_cluster(name, argv, params)
-    return module.main(args, params)
+    return run(args, params)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,9 +48,21 @@ def build_model(params: Params, weights: Path | None, num_classes: int) -> NepaV
         params, weights, num_classes=0, causal=f.attention == "causal", pooling=f.pooling, drop_path=f.drop_path
     )
     model.reset_classifier(num_classes, zero_init=True)
+    if f.qk_norm_affine and model.cfg.qk_norm and not model.cfg.qk_norm_affine:
+        learnable_qk_norm(model)
     if f.freeze_patch_embed:  # Table 1d: a frozen patch embedding fine-tunes better (77.4 vs 73.1)
         model.patch_embed.requires_grad_(False)
     return model
+
+
+def learnable_qk_norm(model: NepaViT) -> None:
+    """Give every block's QK-Norm learnable scales, initialised to 1 (the same outputs), as the official fine-tune
+    configs do for a ViT-B pretrained without them; the exported config records it."""
+    cfg = model.cfg
+    for block in model.blocks:
+        for name in ("q_norm", "k_norm"):
+            setattr(block.attn, name, nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps, bias=cfg.qk_norm_bias))
+    cfg.qk_norm_affine = True
 
 
 def make_mixup(f: FinetuneParams, num_classes: int) -> Mixup | None:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from nepa.config import Params, SegmentParams
 from nepa.data.loaders import make_loader, num_batches, read_split
@@ -87,12 +88,19 @@ def predict(model: nn.Module, images: Tensor, s: SegmentParams, num_classes: int
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s: SegmentParams, num_classes: int, device: torch.device
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    s: SegmentParams,
+    num_classes: int,
+    device: torch.device,
+    progress: bool = False,
 ) -> Tensor:
-    """The val confusion matrix of every rank's batches, summed over ranks (a collective call)."""
+    """The val confusion matrix of every rank's batches, summed over ranks (a collective call). `progress`: a
+    progress bar (sliding windows at 512 px take minutes even on GPUs)."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for images, masks in batches:
+    bar = tqdm(batches, desc=f"nepa segment: evaluation ({s.eval_mode})", disable=not progress, dynamic_ncols=True)
+    for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = predict(model, images, s, num_classes)
@@ -167,7 +175,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
             drop_last=False,
             patch_size=model.backbone.cfg.patch_size,
         )
-        confusion = evaluate(model, val_batches, s, num_classes, device)
+        confusion = evaluate(model, val_batches, s, num_classes, device, progress=env.is_main)
         if env.is_main:
             metrics = {f"val_{k}": v for k, v in scores(confusion).items()}
             metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion).items()}

@@ -57,7 +57,8 @@ def init_weights(params: Params, init: str | None) -> Path | None:
     """The model file to start from, checked to exist; None for random initialisation."""
     if init == RANDOM:
         return None
-    path = Path(init) if init else run_folder(params) / "export" / "model.safetensors"
+    # a fine-tune-only variant starts from its baseline's export (params.pretrained_run)
+    path = Path(init) if init else Path(params.runs) / params.pretrained_run / "export" / "model.safetensors"
     fix = "run `nepa pretrain` then `nepa export` for this size and variant, or pass --init PATH (or --init random)"
     return require_file(path, "pretrained model file", fix)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from nepa.presets import ABLATION_STEPS, ABLATION_TABLE
+from nepa.presets import ABLATION_STEPS, ABLATION_TABLE, pretrained_by, stand_in
 from nepa.report.gather import PROVENANCE
 from nepa.report.paper import BASELINES, BY_KEY, MODEL_NAMES, ROWS, PaperRow
 
@@ -71,9 +71,10 @@ class Evidence:
 
 
 def run_for(row: PaperRow, ev: Evidence) -> str | None:
-    """The run of the row's size and variant, or for a ViT-B row a reduced-scale run of its variant."""
-    candidates = [row.size, *(STAND_INS if row.size == "base" else ())]
-    return next((run for size in candidates if (run := f"{size}-{row.variant}") in ev.runs), None)
+    """The run of the row's size and variant, or for a ViT-B row a reduced-scale run of its variant's stand-in."""
+    candidates = [f"{row.size}-{row.variant}"]
+    candidates += [f"{size}-{stand_in(row.variant)}" for size in STAND_INS if row.size == "base"]
+    return next((run for run in candidates if run in ev.runs), None)
 
 
 def incomparable(row: PaperRow, run: str, ev: Evidence) -> str:
@@ -83,7 +84,7 @@ def incomparable(row: PaperRow, run: str, ev: Evidence) -> str:
         return f"reduced scale ({scale or 'unknown'}, {size} model)"
     if size != row.size:
         return f"{size} model"
-    steps, expected = ev.pretrain_steps(run), ABLATION_STEPS.get(row.table)
+    steps, expected = ev.pretrain_steps(f"{size}-{pretrained_by(row.variant)}"), ABLATION_STEPS.get(row.table)
     if expected is not None and steps != expected:
         return f"pretrained {steps:g} steps, the paper {expected}"
     if expected is None and row.variant in ABLATION_TABLE:  # at full scale a Table 1 variant gets its schedule
@@ -108,7 +109,8 @@ def direction(row: PaperRow, run: str, ours: float | None, ev: Evidence) -> str:
         verdict = "collapses ✓" if loss <= COLLAPSE_LOSS else "no collapse ✗"
         return f"ours: {verdict} (final pretraining loss {loss:.3f})"
     ref = BY_KEY[row.versus] if row.versus else None
-    ref_run = f"{run.split('-', 1)[0]}-{ref.variant}" if ref else ""
+    size = run.split("-", 1)[0]
+    ref_run = f"{size}-{ref.variant if size == row.size else stand_in(ref.variant)}" if ref else ""
     ref_value = ev.value(ref_run, ref.stage, ref.metric) if ref else None
     ref_ours = None if ref is None or ref_value is None else ref_value * ref.unit
     if row.outcome == "fails":

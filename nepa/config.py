@@ -167,13 +167,13 @@ class EpochTrainingParams(TrainingParams):
     epochs: PositiveFloat = 10
     warmup_epochs: NonNegativeFloat = 1
     max_steps: Annotated[PositiveInt | None, OPERATIONAL] = None  # stop early; the schedule still spans `epochs`
-    base_lr: PositiveFloat = 1e-3  # lr = base_lr * global_batch / 256
+    base_lr: NonNegativeFloat = 1e-3  # lr = base_lr * global_batch / 256; 0: a control run (initial weights)
 
 
 class PretrainParams(EpochTrainingParams):
     epochs: PositiveFloat = 20
     warmup_epochs: NonNegativeFloat = 2
-    base_lr: PositiveFloat = 3e-4
+    base_lr: NonNegativeFloat = 3e-4
     betas: tuple[Fraction, Fraction] = (0.9, 0.95)
     grad_clip: PositiveFloat | None = 1.0
     ema_decay: Fraction = 0.999
@@ -206,7 +206,7 @@ class FinetuneParams(EpochTrainingParams):
 class ProbeParams(Section):
     epochs: PositiveFloat = 20
     global_batch: PositiveInt = 256  # also the feature-extraction batch
-    base_lr: PositiveFloat = 0.1  # SGD lr = base_lr * global_batch / 256, cosine to 0
+    base_lr: NonNegativeFloat = 0.1  # SGD lr = base_lr * global_batch / 256, cosine to 0
     weight_decay: NonNegativeFloat = 0.0
     poolings: Annotated[tuple[Literal["last", "mean"], ...], Field(min_length=1)] = ("last", "mean")
     num_workers: NonNegativeInt = 2
@@ -218,7 +218,7 @@ class SegmentParams(TrainingParams):
     global_batch: PositiveInt = 16
     micro_batch: Annotated[int, Field(ge=2)] = 16  # per process and step; at least 2 (BatchNorm in the head)
     crop: PositiveInt = 64  # full scale 512, padded up to a multiple of the patch inside the model (518 at patch 14)
-    lr: PositiveFloat = 1e-4  # the peak lr itself, as mmseg configs give it (not scaled by the batch)
+    lr: NonNegativeFloat = 1e-4  # the peak lr itself, as mmseg configs give it (not scaled by the batch)
     layer_decay: UnitInterval = 0.65
     taps: tuple[NonNegativeInt, ...] | None = None  # 0-based blocks; None: d/3, d/2, 2d/3, d (1-based)
     channels: PositiveInt = 128  # UperNet channels (512 at full scale)

@@ -60,7 +60,7 @@ def test_a_stage_under_submitit_is_submitted(workdir: Path, capsys: pytest.Captu
         ),
         ("pretrain", "pretrain.micro_batch=0", "pretrain.micro_batch: Input should be greater than 0"),
         ("pretrain", "pretrain.epochs=0", "pretrain.epochs: Input should be greater than 0"),
-        ("pretrain", "pretrain.base_lr=-1e-3", "pretrain.base_lr: Input should be greater than 0"),
+        ("pretrain", "pretrain.base_lr=-1e-3", "pretrain.base_lr: Input should be greater than or equal to 0"),
         ("pretrain", "pretrain.ema_decay=1.5", "pretrain.ema_decay: Input should be less than 1"),
         ("pretrain", "pretrain.crop_scale=[0,1]", "pretrain.crop_scale.0: Input should be greater than 0"),
         ("pretrain", "pretrain.max_steps=0", "pretrain.max_steps: Input should be greater than 0"),

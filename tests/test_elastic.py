@@ -90,15 +90,7 @@ def test_preempted_slurm_job_continues_with_fewer_tasks(slurm, shards: Path, tmp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     reference, moved = tmp_path / "reference", tmp_path / "moved"
-    # finetune.global_batch: params check every stage's batch against the 2 SLURM tasks, not only pretrain's
-    sets = (
-        "--set",
-        "model.rope_rescale=null",
-        "--set",
-        "finetune.global_batch=128",
-        "--set",
-        "segment.global_batch=16",
-    )
+    sets = ("--set", "model.rope_rescale=null")
     out = slurm_tests.nepa(*slurm_tests.pretrain_command(shards, reference), *sets, timeout=600)
     assert out.returncode == 0, out.stderr
     log = tmp_path / "outer.err"

@@ -238,6 +238,8 @@ PRETRAIN_RUN = [
     "pretrain.log_every=1", "pretrain.checkpoint_every=4", "pretrain.num_workers=0",
     # two SLURM tasks on the node's two CPUs: ranks and rendezvous come from submitit's job environment
     "launcher.kind=submitit", "launcher.processes=2", "launcher.slurm.cpus_per_task=1", "launcher.slurm.mem_gb=4",
+    # params check every stage's batch against the 2 SLURM tasks, not only pretrain's
+    "finetune.global_batch=128", "segment.global_batch=16",
 ]  # fmt: skip
 
 

@@ -15,25 +15,60 @@ An unknown key or a wrong type is one line naming the key and the file (exit 2).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nepa.errors import UserError
-from nepa.objectives import Objective
+from nepa.verbs import STAGES
 
-Size = Literal["tiny", "small", "base", "large"]
-TIMM_NAMES: dict[str, str] = {
-    "tiny": "nepa_tiny_patch4_32",
-    "small": "nepa_small_patch14_224",
-    "base": "nepa_base_patch14_224",
-    "large": "nepa_large_patch14_224",
+
+class ModelSize(NamedTuple):
+    timm_name: str
+    architecture: dict[str, Any]  # NepaConfig fields over its defaults (224 px, patch 14)
+
+
+# The model sizes, once: what params, the CLI, the workflow and the timm registry (nepa.models) accept.
+# B and L are the paper's ViT-B/14 and ViT-L/14; tiny and small are for CPU runs.
+SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(
+        "nepa_tiny_patch4_32",
+        dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_hidden_dim=768),
+    ),
+    "small": ModelSize("nepa_small_patch14_224", dict(embed_dim=384, depth=12, num_heads=6, mlp_hidden_dim=1536)),
+    "base": ModelSize("nepa_base_patch14_224", dict(embed_dim=768, depth=12, num_heads=12, mlp_hidden_dim=3072)),
+    "large": ModelSize("nepa_large_patch14_224", dict(embed_dim=1024, depth=24, num_heads=16, mlp_hidden_dim=4096)),
 }
+Size = Literal[*SIZES]  # type: ignore[valid-type]
+
+Fraction = Annotated[float, Field(ge=0, lt=1)]  # a rate or decay in [0, 1)
+UnitInterval = Annotated[float, Field(gt=0, le=1)]  # a share or multiplier in (0, 1]
+# A key that changes how a run is observed or stopped, not its weights: a checkpoint resumes across a change
+# of it (nepa.engine.checkpoint.resume_key leaves these out).
+OPERATIONAL = Field(json_schema_extra={"operational": True})
+
+
+def operational_keys(section: BaseModel) -> set[str]:
+    """The section's OPERATIONAL keys."""
+    marker = OPERATIONAL.json_schema_extra
+    return {name for name, f in type(section).model_fields.items() if f.json_schema_extra == marker}
 
 
 class Section(BaseModel):
@@ -45,14 +80,14 @@ class DataParams(Section):
     imagenet_src: str | None = None  # full scale: the ImageNet-1K folder holding train/ and val/
     ade20k_src: str | None = None  # full scale: the ADEChallengeData2016 folder
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
-    embedded_image_size: int = 32  # Fashion-MNIST 28x28 padded into an ImageNet-style RGB image
-    embedded_scene_size: int = 64  # ADE20K-style canvas holding 2-4 Fashion-MNIST items
-    embedded_images: tuple[int, int] = (60000, 10000)  # (train, val): the first images of FMNIST train / t10k
-    embedded_scenes: tuple[int, int] = (2000, 500)  # (training, validation) scenes
-    images_per_shard: int = 1000  # ImageNet: 1282 train shards of ~110 MB (nepa/data/shards.py says why)
-    reencode_max_side: int | None = None  # re-encode images whose long side is larger (off by default)
+    embedded_image_size: PositiveInt = 32  # Fashion-MNIST 28x28 padded into an ImageNet-style RGB image
+    embedded_scene_size: PositiveInt = 64  # ADE20K-style canvas holding 2-4 Fashion-MNIST items
+    embedded_images: tuple[PositiveInt, PositiveInt] = (60000, 10000)  # (train, val): the first of FMNIST train/t10k
+    embedded_scenes: tuple[PositiveInt, PositiveInt] = (2000, 500)  # (training, validation) scenes
+    images_per_shard: PositiveInt = 1000  # ImageNet: 1282 train shards of ~110 MB (nepa/data/shards.py says why)
+    reencode_max_side: PositiveInt | None = None  # re-encode images whose long side is larger (off by default)
     skip_bad: bool = False  # record unreadable files in the manifest instead of stopping
-    workers: int = 0  # 0: every core
+    workers: NonNegativeInt = 0  # 0: every core
     verify_shards: bool = True  # loaders check every shard's sha256 once per process (minutes at full scale)
 
 
@@ -63,17 +98,15 @@ class ModelParams(Section):
     qk_norm_affine: bool = False
     layerscale: bool = True
     rope: bool = True
-    rope_rescale: float | None = 2.0  # training-time RoPE coordinate rescale in [1/r, r]; None: off
+    rope_rescale: Annotated[float, Field(ge=1)] | None = 2.0  # training-time RoPE coordinate rescale in [1/r, r]
 
     @property
     def timm_name(self) -> str:
-        return TIMM_NAMES[self.size]
+        return SIZES[self.size].timm_name
 
     def architecture(self) -> dict[str, Any]:
         """NepaConfig fields these knobs set, over the registered size's defaults."""
-        from nepa.models import MODEL_SIZES
-
-        width = MODEL_SIZES[self.timm_name]["embed_dim"]
+        width = SIZES[self.size].architecture["embed_dim"]
         # The paper gives no SwiGLU ratio: 2/3 of the GeLU width keeps the parameter count (LLaMA's rule).
         swiglu = dict(mlp_gated=True, mlp_act="silu", mlp_hidden_dim=64 * -(-8 * width // 3 // 64))
         return dict(
@@ -86,91 +119,98 @@ class ModelParams(Section):
         )
 
 
-class PretrainParams(Section):
-    epochs: float = 20
-    warmup_epochs: float = 2
-    max_steps: int | None = None  # stop early (smoke runs); the schedule still spans `epochs`
-    global_batch: int = 256
-    micro_batch: int = 128  # per process and step; gradient accumulation fills the global batch
-    base_lr: float = 3e-4  # lr = base_lr * global_batch / 256
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    drop_path: float = 0.0
-    zero_stage: Literal[0, 1, 2, 3] = 2
+class Objective(Section):
+    """The objective's switches (nepa/objectives.py), the paper's ablations of Table 1a and 1c."""
+
+    shift: bool = True  # predict the next embedding, or the same position ("no AR shift")
+    causal: bool = True  # causal attention mask, or bidirectional
+    stop_grad: bool = True  # detach targets, or let gradients flow into them (the loss collapses to -1)
+    mask_ratio: Fraction = 0.0  # replace this share of input patch embeddings by a learned mask token
+
+
+class TrainingParams(Section):
+    """What every training stage (pretrain, finetune, segment) gives the engine (nepa/engine/trainer.py).
+
+    The defaults are fine-tuning's; the other stages override theirs.
+    """
+
+    global_batch: PositiveInt = 256
+    micro_batch: PositiveInt = 128  # per process and step; gradient accumulation fills the global batch
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    weight_decay: NonNegativeFloat = 0.05
+    drop_path: Fraction = 0.1
+    grad_clip: PositiveFloat | None = None
+    zero_stage: Literal[0, 1, 2] = 2  # not 3 downstream: the evaluation reads whole weights
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    checkpoint_every: int = 200  # optimizer steps
-    keep_last: int = 2
-    log_every: int = 10
-    num_workers: int = 2
+    checkpoint_every: Annotated[PositiveInt, OPERATIONAL] = 200  # optimizer steps
+    keep_last: Annotated[PositiveInt, OPERATIONAL] = 2
+    log_every: Annotated[PositiveInt, OPERATIONAL] = 10
+    num_workers: Annotated[NonNegativeInt, OPERATIONAL] = 2
 
 
-class FinetuneParams(Section):
-    epochs: float = 10
-    warmup_epochs: float = 1
-    max_steps: int | None = None  # stop early (smoke runs); the schedule still spans `epochs`
-    global_batch: int = 256
-    micro_batch: int = 128  # per process and step; even (Mixup pairs a batch with its reverse)
-    base_lr: float = 1e-3  # lr = base_lr * global_batch / 256
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.05
-    layer_decay: float = 0.35  # lr of layer l: decay**(L - l); blocks are layers 1..depth, the head L
+class EpochTrainingParams(TrainingParams):
+    """A stage scheduled in epochs (the segmentation recipe counts iterations instead)."""
+
+    epochs: PositiveFloat = 10
+    warmup_epochs: NonNegativeFloat = 1
+    max_steps: Annotated[PositiveInt | None, OPERATIONAL] = None  # stop early; the schedule still spans `epochs`
+    base_lr: PositiveFloat = 1e-3  # lr = base_lr * global_batch / 256
+
+
+class PretrainParams(EpochTrainingParams):
+    epochs: PositiveFloat = 20
+    warmup_epochs: NonNegativeFloat = 2
+    base_lr: PositiveFloat = 3e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
+    grad_clip: PositiveFloat | None = 1.0
+    ema_decay: Fraction = 0.999
+    drop_path: Fraction = 0.0
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    crop_scale: tuple[UnitInterval, UnitInterval] = (0.08, 1.0)
+
+
+class FinetuneParams(EpochTrainingParams):
+    # micro_batch: even where Mixup/CutMix is on (it pairs a batch with its reverse)
+    layer_decay: UnitInterval = 0.35  # lr of layer l: decay**(L - l); blocks are layers 1..depth, the head L
     layer_decay_ramp: bool = True  # paper: the decay rate rises linearly to 1.0 over training
-    drop_path: float = 0.1
-    grad_clip: float | None = None
     auto_augment: str | None = "rand-m9-mstd0.5-inc1"  # RandAugment(9, 0.5), timm notation
-    reprob: float = 0.25
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    label_smoothing: float = 0.1
+    reprob: Annotated[float, Field(ge=0, le=1)] = 0.25
+    mixup: NonNegativeFloat = 0.8  # Beta(alpha, alpha) of Mixup; 0: off
+    cutmix: NonNegativeFloat = 1.0
+    label_smoothing: Fraction = 0.1
     freeze_patch_embed: bool = True
     attention: Literal["bidirectional", "causal"] = "bidirectional"
     pooling: Literal["mean", "last"] = "mean"
-    ema_decay: float | None = 0.999
-    report: Literal["ema_final", "online_final", "max_final"] = "ema_final"  # fixed before any run
-    eval_crop_ratio: float = 0.875  # resize 256 -> crop 224
-    zero_stage: Literal[0, 1, 2] = 2  # not 3: the per-epoch evaluation reads whole weights
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    checkpoint_every: int = 200
-    keep_last: int = 2
-    log_every: int = 10
-    num_workers: int = 2
+    ema_decay: Fraction | None = 0.999
+    # fixed before any run
+    report: Annotated[Literal["ema_final", "online_final", "max_final"], OPERATIONAL] = "ema_final"
+    eval_crop_ratio: UnitInterval = 0.875  # resize 256 -> crop 224
 
 
 class ProbeParams(Section):
-    epochs: float = 20
-    global_batch: int = 256  # also the feature-extraction batch
-    base_lr: float = 0.1  # SGD lr = base_lr * global_batch / 256, cosine to 0
-    weight_decay: float = 0.0
-    poolings: tuple[Literal["last", "mean"], ...] = ("last", "mean")
-    num_workers: int = 2
+    epochs: PositiveFloat = 20
+    global_batch: PositiveInt = 256  # also the feature-extraction batch
+    base_lr: PositiveFloat = 0.1  # SGD lr = base_lr * global_batch / 256, cosine to 0
+    weight_decay: NonNegativeFloat = 0.0
+    poolings: Annotated[tuple[Literal["last", "mean"], ...], Field(min_length=1)] = ("last", "mean")
+    num_workers: NonNegativeInt = 2
 
 
-class SegmentParams(Section):
-    iterations: int = 2000  # optimizer steps
-    global_batch: int = 16
-    micro_batch: int = 16  # per process and step; at least 2 (BatchNorm in the head)
-    crop: int = 64  # full scale 512, padded up to a multiple of the patch inside the model (518 at patch 14)
-    lr: float = 1e-4  # the peak lr itself, as mmseg configs give it (not scaled by the batch)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.05
-    layer_decay: float = 0.65
-    drop_path: float = 0.1
-    grad_clip: float | None = None
-    warmup_iterations: int = 100
-    taps: tuple[int, ...] | None = None  # 0-based blocks; None: d/3, d/2, 2d/3, d (1-based), the last included
-    channels: int = 128  # UperNet channels (512 at full scale)
-    num_classes: int | None = None  # None: the prepared shards' class count (150 for ADE20K)
-    eval_mode: Literal["whole", "slide"] = "whole"  # slide: mmseg's sliding-window protocol (full scale)
-    eval_stride: int = 341  # slide window stride (mmseg's ADE20K configs: crop 512, stride 341)
-    zero_stage: Literal[0, 1, 2] = 2
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    checkpoint_every: int = 500
-    keep_last: int = 2
-    log_every: int = 10
-    num_workers: int = 2
+class SegmentParams(TrainingParams):
+    iterations: PositiveInt = 2000  # optimizer steps
+    warmup_iterations: NonNegativeInt = 100
+    global_batch: PositiveInt = 16
+    micro_batch: Annotated[int, Field(ge=2)] = 16  # per process and step; at least 2 (BatchNorm in the head)
+    crop: PositiveInt = 64  # full scale 512, padded up to a multiple of the patch inside the model (518 at patch 14)
+    lr: PositiveFloat = 1e-4  # the peak lr itself, as mmseg configs give it (not scaled by the batch)
+    layer_decay: UnitInterval = 0.65
+    taps: tuple[NonNegativeInt, ...] | None = None  # 0-based blocks; None: d/3, d/2, 2d/3, d (1-based)
+    channels: PositiveInt = 128  # UperNet channels (512 at full scale)
+    num_classes: PositiveInt | None = None  # None: the prepared shards' class count (150 for ADE20K)
+    # slide: mmseg's sliding-window protocol (full scale), with this stride (mmseg's ADE20K: crop 512, stride 341)
+    eval_mode: Annotated[Literal["whole", "slide"], OPERATIONAL] = "whole"
+    eval_stride: Annotated[PositiveInt, OPERATIONAL] = 341
+    checkpoint_every: Annotated[PositiveInt, OPERATIONAL] = 500
 
 
 class SlurmParams(Section):
@@ -180,13 +220,13 @@ class SlurmParams(Section):
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    nodes: int = 1
-    gpus_per_node: int = 0  # one task per GPU; 0: launcher.processes tasks per node on CPU
-    cpus_per_task: int = 2
-    mem_gb: int = 8  # per node
-    time_min: int = 60
-    signal_delay_s: int = 120  # SLURM sends the preemption signal this long before the time limit
-    max_timeouts: int = 3  # times a stage that reaches time_min is requeued to go on (preemptions do not count)
+    nodes: PositiveInt = 1
+    gpus_per_node: NonNegativeInt = 0  # one task per GPU; 0: launcher.processes tasks per node on CPU
+    cpus_per_task: PositiveInt = 2
+    mem_gb: PositiveInt = 8  # per node
+    time_min: PositiveInt = 60
+    signal_delay_s: NonNegativeInt = 120  # SLURM sends the preemption signal this long before the time limit
+    max_timeouts: NonNegativeInt = 3  # requeues of a stage that reaches time_min (preemptions do not count)
     # Run inside a container: `python` is the command that starts Python in the job (Apptainer:
     # "apptainer exec --nv nepa.sif python"); `srun_args` go to the job's srun (pyxis: "--container-image=...").
     python: str | None = None  # None: the interpreter that submits
@@ -204,7 +244,7 @@ class LauncherParams(Section):
     """
 
     kind: Literal["local", "submitit"] = "local"
-    processes: int = 1  # processes per node without GPUs: here (local) or SLURM tasks (slurm.gpus_per_node 0)
+    processes: PositiveInt = 1  # processes per node without GPUs: here (local) or SLURM tasks (slurm.gpus_per_node 0)
     folder: str = "runs/slurm"  # submitit job folders: FOLDER/VERB/JOBID/ (sbatch file, logs, results)
     slurm: SlurmParams = SlurmParams()
     stages: dict[str, SlurmParams] = Field(default_factory=dict)  # verb -> its resources (see above)
@@ -223,16 +263,19 @@ class LauncherParams(Section):
 
     @field_validator("stages")
     @classmethod
-    def _known_verbs(cls, stages: dict[str, SlurmParams]) -> dict[str, SlurmParams]:
-        from nepa.cli import VERBS  # imported here: the CLI imports this module
-
-        unknown = sorted(set(stages) - set(VERBS))
+    def _known_stages(cls, stages: dict[str, SlurmParams]) -> dict[str, SlurmParams]:
+        unknown = sorted(set(stages) - STAGES)
         if unknown:
-            raise ValueError(f"{unknown} are not verbs; expected some of {sorted(VERBS)}")
+            raise ValueError(f"{unknown} are not stage verbs; expected some of {sorted(STAGES)}")
         return stages
 
     def resources(self, verb: str) -> SlurmParams:
         return self.stages.get(verb, self.slurm)
+
+    def tasks(self, verb: str) -> int:
+        """Processes of the verb's SLURM job: one per GPU, or `processes` per node on CPU."""
+        r = self.resources(verb)
+        return r.nodes * (r.gpus_per_node or self.processes)
 
 
 class Params(Section):
@@ -262,6 +305,29 @@ class Params(Section):
     def run_name(self) -> str:
         """Folder name of this configuration's runs: size and variant."""
         return f"{self.model.size}-{self.variant}"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        """Checks across keys; each names the keys and the fix."""
+        f = self.finetune
+        if f.report != "online_final" and f.ema_decay is None:
+            raise ValueError(f"finetune.report is {f.report} but finetune.ema_decay is off; set one of them")
+        if f.mixup + f.cutmix > 0 and f.micro_batch % 2:
+            raise ValueError(
+                f"finetune.micro_batch {f.micro_batch}: Mixup pairs each batch with its reverse, use an even one"
+            )
+        for stage in ("pretrain", "finetune", "segment"):
+            section: TrainingParams = getattr(self, stage)
+            # SLURM's task count is known here; a local run's (torchrun) only to the engine, which checks it too.
+            tasks = self.launcher.tasks(stage) if self.launcher.kind == "submitit" else 1
+            per_step = section.micro_batch * tasks
+            if section.global_batch % per_step:
+                where = f" x {tasks} SLURM tasks (launcher) = {per_step}" if tasks > 1 else ""
+                raise ValueError(
+                    f"{stage}.global_batch {section.global_batch} is not a multiple of {stage}.micro_batch "
+                    f"{section.micro_batch}{where}; change one so that gradient accumulation is a whole number"
+                )
+        return self
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -314,6 +380,8 @@ def _one_line(error: ValidationError, source: str) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}; see the documented keys in params.yaml"
+    if first["type"] == "value_error":  # one of the checks below; across keys (no key), its message names them
+        return f"{source}: {key + ': ' if key else ''}{first['ctx']['error']}"
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
 
 
@@ -380,3 +448,33 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
     if params.scale == "full" and params.data.imagenet_src is None:
         raise UserError(f"{path}: scale is full but data.imagenet_src is not set; point it at your ImageNet folder")
     return params
+
+
+# ---- on the command line --------------------------------------------------------------------------
+
+
+def add_params_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of every verb that reads params: --params, --set, --size, --variant."""
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one param, e.g. --set pretrain.epochs=5 (repeatable)",
+    )
+    parser.add_argument("--size", choices=list(SIZES), help="model size (default: params)")
+    parser.add_argument("--variant", help="ablation variant from nepa/presets.py (default: params)")
+
+
+def params_from_arguments(args: argparse.Namespace) -> Params:
+    """The params that add_params_arguments' arguments ask for."""
+    overrides = [*args.overrides, *([f"variant={args.variant}"] if args.variant else [])]
+    return load_params(args.params, tuple(overrides), size=args.size)
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
+    """`nepa params`: print the fully resolved params as YAML, to see what a stage will run with."""
+    print(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False), end="")
+    return 0

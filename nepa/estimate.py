@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from nepa.config import Params, load_params
+from nepa.config import Params, add_params_arguments, load_params
+from nepa.errors import UserError
 
 IMAGENET_TRAIN = 1_281_167
 IMAGENET_VAL = 50_000
@@ -254,17 +255,17 @@ def render(estimates: list[Estimate], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    from nepa.cli import add_params_args
-
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, help="GPUs per stage (default: launcher.stages.pretrain, else 8)")
     parser.add_argument("--benchmarks", type=Path, help="step_throughput results (default: {results}/benchmarks)")
-    add_params_args(parser)  # not parse_with_params: an estimate never goes to SLURM, it is arithmetic
-    args = parser.parse_args(argv)
+    add_params_arguments(parser)  # its own: it resolves the full-scale recipe of each size (resolve)
+
+
+def main(args: argparse.Namespace) -> int:
     base, at_full = resolve(args, "base")
     gpus, gpus_from = (args.gpus, "--gpus") if args.gpus else default_gpus(base)
     if gpus < 1:
-        parser.error("--gpus must be at least 1")
+        raise UserError("--gpus must be at least 1")
     results = gpu_results(args.benchmarks or Path(base.results) / "benchmarks")
     estimates: list[Estimate] = []
     assumed = False

@@ -24,15 +24,13 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from nepa.config import LauncherParams, Params
 from nepa.errors import UserError
-
-if TYPE_CHECKING:  # a SLURM task unpickles StageTask from here: it need not load nepa.config's torch
-    from nepa.config import LauncherParams, Params
 
 # squeue states after which the job may still run (any other, or none: SLURM has ended it).
 ACTIVE_STATES = frozenset(

@@ -2,31 +2,20 @@
 
     loss = -mean_t cos(z_hat[:, t], stopgrad(z[:, t+1]))
 
-Switches: `shift` (predict the next embedding, or the same position: "no AR shift"), `causal` (causal
-attention mask, or bidirectional), `stop_grad` (detach targets, or let gradients flow into them: the
-loss then collapses to -1), `mask_ratio` (replace that fraction of input patch embeddings by a learned
-mask token; targets stay clean).
+Switches (nepa.config.Objective, params.yaml's `objective:`): `shift` (predict the next embedding, or the
+same position: "no AR shift"), `causal` (causal attention mask, or bidirectional), `stop_grad` (detach
+targets, or let gradients flow into them: the loss then collapses to -1), `mask_ratio` (replace that
+fraction of input patch embeddings by a learned mask token; targets stay clean).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from nepa.config import Objective
 from nepa.models import NepaViT
-
-
-class Objective(BaseModel):
-    """The objective's switches; also the `objective:` section of params.yaml."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    shift: bool = True
-    causal: bool = True
-    stop_grad: bool = True
-    mask_ratio: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 def next_embedding_loss(pred: Tensor, target: Tensor, shift: bool = True) -> Tensor:

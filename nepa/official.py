@@ -4,10 +4,13 @@ Official layout: a folder with `config.json` (`model_type: vit_nepa`) and `model
 `vit_nepa.*` (plus `fc_norm.*` / `classifier.*` for the classification variant). Every config field that
 changes the computation is mapped to a `NepaConfig` field or refused; fields that only describe the
 file (versions, label names, init range) are ignored.
+
+`nepa import-official DIR OUT` converts a released checkpoint into a nepa model folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -19,7 +22,7 @@ from safetensors.torch import load_file
 
 from nepa.errors import UserError, require_file
 from nepa.models import NepaConfig
-from nepa.models.weights import atomic_save_safetensors
+from nepa.models.weights import atomic_save_safetensors, write_model_dir
 
 # official config field -> NepaConfig field, for fields that carry over as they are
 SAME_MEANING = {
@@ -197,3 +200,16 @@ def write_official(state: dict[str, torch.Tensor], cfg: NepaConfig, folder: str 
     atomic_save_safetensors(state_to_official(state), folder / "model.safetensors", {"format": "pt"})
     (folder / "config.json").write_text(json.dumps(official, indent=2, sort_keys=True) + "\n")
     return folder
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, help="folder with the official config.json and model.safetensors")
+    parser.add_argument("out", type=Path, help="output folder: model.safetensors + config.json + README.md")
+
+
+def main(args: argparse.Namespace) -> int:
+    """`nepa import-official DIR OUT`."""
+    state, cfg = read_official(args.src)
+    write_model_dir(args.out, state, cfg, source=f"official checkpoint {args.src.resolve()}", weights="as released")
+    print(f"wrote {args.out / 'model.safetensors'} ({sum(v.numel() for v in state.values()):,} parameters)")
+    return 0

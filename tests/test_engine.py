@@ -26,7 +26,7 @@ from nepa.engine.distributed import DistEnv
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
-from nepa.engine.pretrain import OPERATIONAL, build_model, images_loss
+from nepa.engine.pretrain import build_model, images_loss
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.engine.trainer import EXIT_NONFINITE
@@ -207,7 +207,7 @@ def test_resume_key_ignores_only_operational_params(tmp_path: Path) -> None:
 
     def key(*sets: str, data: str = "manifest-digest") -> str:
         params = load_params(tmp_path / "params.yaml", sets)
-        return resume_key(params, ("model", "objective", "pretrain"), OPERATIONAL, data)
+        return resume_key(params, ("model", "objective", "pretrain"), data)
 
     base = key()
     assert key("pretrain.max_steps=5", "pretrain.log_every=1", "finetune.epochs=3") == base

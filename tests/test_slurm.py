@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from test_pipeline_runs import METRICS, project_copy
 from test_workflow import BIN
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUBMITIT = ["--set", "launcher.kind=submitit", "--set", "launcher.slurm.cpus_per_task=1",
             "--set", "launcher.slurm.mem_gb=1"]  # fmt: skip
 SMALL_DATA = ["--set", "data.embedded_images=[2000,500]", "--set", "data.embedded_scenes=[40,20]"]
+TINY_DATA = ["--set", "data.embedded_images=[20,10]", "--set", "data.embedded_scenes=[4,2]"]
 
 
 @pytest.fixture
@@ -101,6 +101,7 @@ def test_stage_resources_reach_the_job_script_two_nodes_of_eight_gpus(
         "  slurm: {partition: h100, account: nepa, cpus_per_task: 16, mem_gb: 900, time_min: 240,\n"
         "          srun_args: [--container-image=nepa.sqsh]}\n"
         "  stages:\n    pretrain: {nodes: 2, gpus_per_node: 8, time_min: 2880}\n"
+        "pretrain: {global_batch: 1024}\n"  # a whole number of micro-batches on each of the 16 tasks
     )
     launcher = load_params().launcher
     job = launch.executor("pretrain", launcher).submit(launch.StageTask(["pretrain"], str(workdir)))
@@ -123,14 +124,16 @@ def test_stage_resources_reach_the_job_script_two_nodes_of_eight_gpus(
 @pytest.mark.slow
 def test_stage_runs_as_a_slurm_job_and_streams_its_output(slurm, workdir: Path) -> None:
     start = time.monotonic()
-    out = nepa("params", *SUBMITIT)
+    out = nepa("prepare", "embedded", *SUBMITIT, *TINY_DATA)
     assert out.returncode == 0, out.stderr
     job_id, stdout_log, stderr_log = submitted(out.stderr)
     # the verb's stdout, from inside the job, is this process's: the job ran it with the launcher forced local
-    assert yaml.safe_load(out.stdout)["launcher"]["kind"] == "local"
-    assert stdout_log == workdir / f"runs/slurm/params/{job_id}/{job_id}_0_log.out" and stderr_log.exists()
+    # (one submission, one run)
+    assert len(re.findall("submitted SLURM job", out.stderr)) == 1
+    assert len(re.findall(r"^nepa prepare embedded: done in", out.stdout, re.MULTILINE)) == 1, out.stdout
+    assert stdout_log == workdir / f"runs/slurm/prepare/{job_id}/{job_id}_0_log.out" and stderr_log.exists()
     # (no "RUNNING" line to expect: a job this short can end between two polls; a long one shows it, below)
-    print(f"nepa params through SLURM: {time.monotonic() - start:.1f} s")
+    print(f"nepa prepare embedded (tiny) through SLURM: {time.monotonic() - start:.1f} s")
 
 
 @pytest.mark.slow
@@ -155,11 +158,11 @@ def test_failing_stage_exits_non_zero_and_names_its_log(slurm, workdir: Path) ->
 @pytest.mark.slow
 def test_job_that_dies_outside_the_verb_is_a_failure(slurm, workdir: Path) -> None:
     """A job that never leaves a result (here: a container command that does not exist) fails the verb."""
-    out = nepa("params", *SUBMITIT, "--set", "launcher.slurm.python=/no/such/python")
+    out = nepa("prepare", "embedded", *SUBMITIT, *TINY_DATA, "--set", "launcher.slurm.python=/no/such/python")
     assert out.returncode == 1
     job_id, _, stderr_log = submitted(out.stderr)
     last = out.stderr.rstrip().splitlines()[-1]
-    assert last == f"nepa params: SLURM job {job_id} ended (FAILED) without finishing; log: {stderr_log}"
+    assert last == f"nepa prepare: SLURM job {job_id} ended (FAILED) without finishing; log: {stderr_log}"
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ import argparse
 import time
 from pathlib import Path
 
-from nepa.cli import parse_with_params
 from nepa.config import Params
 from nepa.data.embedded import prepare_embedded
 from nepa.data.shards import prepare_shards
@@ -36,14 +35,16 @@ def default_src(dataset: str, params: Params) -> Path:
     return Path(src)
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=["embedded", "imagenet", "ade20k"])
     parser.add_argument("--src", type=Path, help="source folder (default: see below)")
     parser.add_argument("--skip-bad", action="store_true", help="record bad files in the manifest and go on")
     parser.add_argument("--reencode-max-side", type=int, metavar="N", help="shrink images larger than N px")
     parser.epilog = __doc__
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    args, params = parse_with_params(parser, argv)
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
     start = time.perf_counter()
     if args.dataset == "embedded":
         prepare_embedded(params, str(args.src) if args.src else None)

@@ -22,17 +22,17 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from deepspeed import DeepSpeedEngine
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-from pydantic import BaseModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
+from nepa.config import Params, operational_keys
 from nepa.engine import faults, rng
 from nepa.engine.distributed import DistEnv, barrier
 from nepa.engine.ema import Ema
@@ -57,13 +57,15 @@ class TrainState:
     card: dict[str, str] = dataclasses.field(default_factory=dict)  # the task's provenance: params hash, data...
 
 
-def resume_key(params: BaseModel, sections: Sequence[str], operational: Collection[str], *inputs: str) -> str:
+def resume_key(params: Params, sections: Sequence[str], *inputs: str) -> str:
     """Digest of what decides a run's weights: the seed, the params `sections` the stage reads, less their
-    `operational` keys (those that only change how a run is observed or stopped), and the digests of its
+    OPERATIONAL keys (those that only change how a run is observed or stopped), and the digests of its
     input files (data manifest, initial weights). A checkpoint written under another key is not resumed."""
-    dump = params.model_dump(mode="json")
-    decisive = {s: {k: v for k, v in dump[s].items() if k not in operational} for s in sections}
-    return hashlib.sha256(json.dumps([dump["seed"], decisive, inputs], sort_keys=True).encode()).hexdigest()
+    decisive = {}
+    for name in sections:
+        section = getattr(params, name)
+        decisive[name] = section.model_dump(mode="json", exclude=operational_keys(section))
+    return hashlib.sha256(json.dumps([params.seed, decisive, inputs], sort_keys=True).encode()).hexdigest()
 
 
 def tag(step: int) -> str:

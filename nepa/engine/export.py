@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from nepa.cli import parse_with_params
+from nepa.config import Params
 from nepa.engine.checkpoint import EMA_FILE, latest_checkpoint, online_weights, read_state
 from nepa.engine.pretrain import stage_folder
 from nepa.errors import UserError
@@ -24,13 +24,15 @@ from nepa.models.weights import write_model_dir
 from nepa.official import write_official
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", choices=["ema", "online"], default="ema", help="default: %(default)s")
     parser.add_argument("--format", choices=["nepa", "official"], default="nepa", help="default: %(default)s")
     parser.add_argument(
         "--out", type=Path, help="output folder (default: {runs}/{run}/export, official: …/export/official)"
     )
-    args, params = parse_with_params(parser, argv)
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
     folder = stage_folder(params) / "checkpoints"
     latest = latest_checkpoint(folder)
     if latest is None:

@@ -22,7 +22,6 @@ import pandas as pd
 from torch import Tensor
 
 from nepa import models
-from nepa.cli import parse_with_params
 from nepa.config import Params
 from nepa.data.loaders import make_loader, num_batches
 from nepa.engine import distributed, rng
@@ -31,10 +30,6 @@ from nepa.engine.trainer import Task, TrainConfig, Trainer
 from nepa.errors import require_file
 from nepa.objectives import Objective, pretrain_loss
 from nepa.provenance import params_hash, sha256_file, write_metrics
-
-# pretrain params that change when and how a run is observed or stopped, not its weights: a run may be
-# resumed with other values (a longer max_steps continues the same trajectory: the schedule spans epochs).
-OPERATIONAL = ("max_steps", "checkpoint_every", "keep_last", "log_every", "num_workers")
 
 
 def stage_folder(params: Params) -> Path:
@@ -62,8 +57,7 @@ def build_model(params: Params) -> models.NepaViT:
     )  # fmt: skip
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    _, params = parse_with_params(parser, argv)
+def main(args: argparse.Namespace, params: Params) -> int:
     split = train_split(params)
     env = distributed.from_environ()
     device = distributed.init(env)
@@ -91,7 +85,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     folder = stage_folder(params)
     cfg = TrainConfig.from_section(
         p, folder=folder, seed=params.seed, name="nepa pretrain", card=card,
-        resume_key=resume_key(params, ("model", "objective", "pretrain"), OPERATIONAL, data_sha256),
+        resume_key=resume_key(params, ("model", "objective", "pretrain"), data_sha256),
     )  # fmt: skip
     status = Trainer(cfg, task, env, device).fit()
     if status == 0 and env.is_main:

@@ -26,21 +26,18 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
-from nepa.cli import parse_with_params
 from nepa.config import FinetuneParams, Params
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
+from nepa.engine.checkpoint import resume_key
 from nepa.engine.ema import Ema
 from nepa.engine.trainer import Task, TrainConfig, Trainer
-from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
 from nepa.eval.classify import accuracy
 from nepa.models import NepaViT
-from nepa.provenance import write_metrics
+from nepa.provenance import sha256_file, write_metrics
 
 VERB = "finetune"
-# finetune params that change how a run is observed or stopped, not its weights: a run resumes across them
-OPERATIONAL = ("max_steps", "checkpoint_every", "keep_last", "log_every", "num_workers", "report")
 WEIGHTS = ("online", "ema")
 
 
@@ -117,16 +114,11 @@ def reported(scores: dict[str, float], rule: str) -> dict[str, float]:
     return {"val_top1": scores[f"val_top1_{source}"], "val_top5": scores[f"val_top5_{source}"]}
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    stage.add_init_args(parser)
-    args, params = parse_with_params(parser, argv)
+add_arguments = stage.add_init_args
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
     f = params.finetune
-    if f.report != "online_final" and f.ema_decay is None:
-        raise UserError(f"finetune.report is {f.report} but finetune.ema_decay is off; set one of them")
-    if f.mixup + f.cutmix > 0 and f.micro_batch % 2:
-        raise UserError(
-            f"finetune.micro_batch {f.micro_batch}: Mixup pairs each batch with its reverse, use an even one"
-        )
     weights = stage.init_weights(params, args.init)
     train, val = stage.split_dir(params, "imagenet", "train"), stage.split_dir(params, "imagenet", "val")
     folder = stage.output_folder(params, VERB, args.init, args.out)
@@ -157,7 +149,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
     cfg = TrainConfig.from_section(
         f, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card,
-        resume_key=stage.resume_key(params, VERB, OPERATIONAL, weights, manifest),
+        resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(manifest)),
     )  # fmt: skip
     trainer = Trainer(cfg, task, env, device)
     status = trainer.fit()

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from nepa.cli import parse_with_params
-from nepa.config import ProbeParams
+from nepa.config import Params, ProbeParams
 from nepa.data.loaders import make_loader, read_split
 from nepa.engine import distributed
 from nepa.eval import stage
@@ -90,9 +89,10 @@ def top_k(head: nn.Linear, x: Tensor, y: Tensor, device: torch.device) -> dict[s
     return {"top1": 100 * hits[0].item() / len(y), "top5": 100 * hits[1].item() / len(y)}
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    stage.add_init_args(parser)
-    args, params = parse_with_params(parser, argv)
+add_arguments = stage.add_init_args
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
     p = params.probe
     weights = stage.init_weights(params, args.init)
     train, val = stage.split_dir(params, "imagenet", "train"), stage.split_dir(params, "imagenet", "val")

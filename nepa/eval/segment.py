@@ -25,20 +25,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nepa.cli import parse_with_params
 from nepa.config import Params, SegmentParams
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
+from nepa.engine.checkpoint import resume_key
 from nepa.engine.schedule import accumulation_steps
 from nepa.engine.trainer import Task, TrainConfig, Trainer
 from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
 from nepa.eval.miou import IGNORE, confusion_matrix, majority_baseline, scores
 from nepa.eval.upernet import UperNet
-from nepa.provenance import write_metrics
+from nepa.provenance import sha256_file, write_metrics
 
 VERB = "segment"
-OPERATIONAL = ("checkpoint_every", "keep_last", "log_every", "num_workers", "eval_mode", "eval_stride")
 AUX_WEIGHT = 0.4  # the mmseg UperNet configs' auxiliary FCN loss weight
 
 
@@ -118,9 +117,10 @@ def build_model(params: Params, weights: Path | None, num_classes: int, device: 
     return model
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
-    stage.add_init_args(parser)
-    args, params = parse_with_params(parser, argv)
+add_arguments = stage.add_init_args
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
     s = params.segment
     weights = stage.init_weights(params, args.init)
     train, val = stage.split_dir(params, "ade20k", "training"), stage.split_dir(params, "ade20k", "validation")
@@ -152,7 +152,7 @@ def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         s, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card, ema_decay=None,
         base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
         epochs=s.iterations / max(steps_per_epoch, 1), warmup_epochs=s.warmup_iterations / max(steps_per_epoch, 1),
-        resume_key=stage.resume_key(params, VERB, OPERATIONAL, weights, train.parent / "manifest.json"),
+        resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(train.parent / "manifest.json")),
     )  # fmt: skip
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:

@@ -8,8 +8,6 @@ weights) and `--init random` the same architecture from scratch, the baseline a 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +61,6 @@ def split_dir(params: Params, dataset: str, split: str) -> Path:
     return folder
 
 
-def resume_key(params: Params, section: str, operational: tuple[str, ...], *inputs: Path | None) -> str:
-    """Digest of what decides a run's weights: seed, the verb's section (less `operational` keys, which only
-    change how a run is observed or stopped) and the input files (backbone, data manifest): the engine
-    refuses to resume a checkpoint written under another key."""
-    dump = params.model_dump(mode="json")
-    decisive = {k: v for k, v in dump[section].items() if k not in operational}
-    files = [sha256_file(p) if p else RANDOM for p in inputs]
-    return hashlib.sha256(json.dumps([params.seed, decisive, files], sort_keys=True).encode()).hexdigest()
+def digest(weights: Path | None) -> str:
+    """The backbone's sha256 (for the resume key), or RANDOM for random initialisation."""
+    return sha256_file(weights) if weights else RANDOM

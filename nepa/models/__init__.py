@@ -9,19 +9,15 @@ from typing import Any
 import torch
 from timm.models import register_model
 
+from nepa.config import SIZES
 from nepa.errors import UserError
 from nepa.models.nepa_vit import NepaConfig, NepaViT, PretrainOutput
 from nepa.models.weights import load_model_file, save_model_file
 
 __all__ = ["MODEL_SIZES", "NepaConfig", "NepaViT", "PretrainOutput", "create", "load_model_file", "save_model_file"]
 
-# Architectures by timm name. B and L are the paper's ViT-B/14 and ViT-L/14; tiny and small are for CPU runs.
-MODEL_SIZES: dict[str, dict[str, Any]] = {
-    "nepa_tiny_patch4_32": dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3, mlp_hidden_dim=768),
-    "nepa_small_patch14_224": dict(embed_dim=384, depth=12, num_heads=6, mlp_hidden_dim=1536),
-    "nepa_base_patch14_224": dict(embed_dim=768, depth=12, num_heads=12, mlp_hidden_dim=3072),
-    "nepa_large_patch14_224": dict(embed_dim=1024, depth=24, num_heads=16, mlp_hidden_dim=4096),
-}
+# Architectures by timm name (nepa.config.SIZES: the one list of sizes, readable without torch).
+MODEL_SIZES: dict[str, dict[str, Any]] = {size.timm_name: size.architecture for size in SIZES.values()}
 # A fresh classifier may be missing from a pretrained file, and a file's classifier dropped.
 HEAD_PREFIXES = ("head.", "fc_norm.")
 TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")

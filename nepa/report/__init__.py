@@ -13,8 +13,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from nepa.cli import parse_with_params
-from nepa.config import TIMM_NAMES, Params, load_params
+from nepa.config import SIZES, Params, load_params
 from nepa.data.loaders import read_split
 from nepa.errors import UserError
 from nepa.models import create
@@ -55,7 +54,7 @@ def map_figures(
         if variant not in args.maps or not model_file.is_file():
             continue
         params = load_params(args.params, (*args.overrides, f"variant={variant}"), size=size)
-        model = create(TIMM_NAMES[size], pretrained=model_file).eval()
+        model = create(SIZES[size].timm_name, pretrained=model_file).eval()
         with safe_open(str(model_file), framework="pt") as f:  # the export's card: which weights it holds
             weights = (f.metadata() or {}).get("weights", "unrecorded")
         images = maps.validation_images(val, args.images, model.cfg.img_size, params.seed, params.data.verify_shards)
@@ -104,13 +103,15 @@ def build(args: argparse.Namespace, params: Params, folder: Path) -> list[Sectio
     ]
 
 
-def main(parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--maps", nargs="*", default=["nepa"], metavar="VARIANT",
         help="variants whose exported models get attention/similarity maps (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--images", type=int, default=3, help="validation images per map figure (default: %(default)s)")
-    args, params = parse_with_params(parser, argv)
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
     results = Path(params.results)
     folder = results / "report"
     folder.mkdir(parents=True, exist_ok=True)

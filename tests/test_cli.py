@@ -1,0 +1,102 @@
+"""The CLI's dispatch (a stage runs here or is submitted to SLURM; other verbs always run here) and the
+params checks every verb gets before it does anything: one line naming the key and the fix, exit 2."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nepa.cli import main as nepa_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The repository's params.yaml in a temporary current directory, and a stand-in `sbatch` that records
+    each submission and refuses it (no SLURM runs here: tests/test_slurm.py submits to a real one)."""
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sbatch", 'echo "$@" >> submissions; echo "sbatch: error: refused by the test" >&2; exit 1'),
+                       ("srun", "exit 1")):  # fmt: skip
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("NEPA_LAUNCHER", "submitit")
+    return tmp_path
+
+
+def test_params_and_estimate_never_submit_a_job(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert nepa_main(["params"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["launcher"]["kind"] == "submitit"
+    assert nepa_main(["estimate"]) == 0
+    assert "nepa estimate: a full reproduction" in capsys.readouterr().out
+    assert not (workdir / "submissions").exists()
+
+
+def test_a_stage_under_submitit_is_submitted(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same stand-in sees a stage verb's submission (so the test above would see one too)."""
+    assert nepa_main(["export"]) == 2
+    assert "sbatch refused the export job: " in capsys.readouterr().err
+    assert len((workdir / "submissions").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("verb", "assignment", "needle"),
+    [
+        ("pretrain", "pretrain.global_batch=0", "pretrain.global_batch: Input should be greater than 0 (got 0)"),
+        ("pretrain", "pretrain.global_batch=-8", "pretrain.global_batch: Input should be greater than 0 (got -8)"),
+        (
+            "pretrain",
+            "pretrain.global_batch=100",
+            "pretrain.global_batch 100 is not a multiple of pretrain.micro_batch 64",
+        ),
+        ("pretrain", "pretrain.micro_batch=0", "pretrain.micro_batch: Input should be greater than 0"),
+        ("pretrain", "pretrain.epochs=0", "pretrain.epochs: Input should be greater than 0"),
+        ("pretrain", "pretrain.base_lr=-1e-3", "pretrain.base_lr: Input should be greater than 0"),
+        ("pretrain", "pretrain.ema_decay=1.5", "pretrain.ema_decay: Input should be less than 1"),
+        ("pretrain", "pretrain.crop_scale=[0,1]", "pretrain.crop_scale.0: Input should be greater than 0"),
+        ("pretrain", "pretrain.max_steps=0", "pretrain.max_steps: Input should be greater than 0"),
+        ("pretrain", "pretrain.checkpoint_every=0", "pretrain.checkpoint_every: Input should be greater than 0"),
+        ("pretrain", "objective.mask_ratio=1", "objective.mask_ratio: Input should be less than 1"),
+        ("finetune", "finetune.drop_path=-0.1", "finetune.drop_path: Input should be greater than or equal to 0"),
+        ("finetune", "finetune.layer_decay=0", "finetune.layer_decay: Input should be greater than 0"),
+        ("finetune", "finetune.betas=[0.9,1.5]", "finetune.betas.1: Input should be less than 1"),
+        ("probe", "probe.epochs=0", "probe.epochs: Input should be greater than 0"),
+        ("probe", "probe.poolings=[]", "probe.poolings: Tuple should have at least 1 item"),
+        ("segment", "segment.iterations=0", "segment.iterations: Input should be greater than 0"),
+        ("segment", "segment.micro_batch=1", "segment.micro_batch: Input should be greater than or equal to 2"),
+        ("prepare", "data.images_per_shard=0", "data.images_per_shard: Input should be greater than 0"),
+        ("prepare", "launcher.slurm.nodes=0", "launcher.slurm.nodes: Input should be greater than 0"),
+        ("prepare", "launcher.stages.params.nodes=2", "launcher.stages: ['params'] are not stage verbs"),
+    ],
+)
+def test_bad_sizes_counts_and_ratios_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: str, assignment: str, needle: str
+) -> None:
+    args = ["embedded"] if verb == "prepare" else []
+    params = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", params)
+    assert nepa_main([verb, *args, "--params", str(params), "--set", assignment]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"nepa {verb}: error: {params}: ") and needle in err, err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_global_batch_fits_the_slurm_tasks_of_its_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under submitit the process count of a stage is known before it starts: a batch that does not split
+    over it stops here, not in a job after its wait in the queue."""
+    params = tmp_path / "params.yaml"
+    params.write_text("launcher:\n  kind: submitit\n  stages:\n    pretrain: {nodes: 2, gpus_per_node: 8}\n")
+    assert nepa_main(["params", "--params", str(params)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"nepa params: error: {params}: pretrain.global_batch 64 is not a multiple of pretrain.micro_batch 64 x 16 "
+        "SLURM tasks (launcher) = 1024; change one so that gradient accumulation is a whole number"
+    )
+    assert nepa_main(["params", "--params", str(params), "--set", "pretrain.global_batch=1024"]) == 0

@@ -56,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"nepa {verb}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except PermissionError as e:  # e.g. a mounted work folder this uid cannot write (an image run as another user)
+        print(
+            f"nepa {verb}: error: {e.filename}: {e.strerror}; make it writable for this user and re-run",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

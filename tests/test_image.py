@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -119,41 +119,60 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def container(image: str) -> Iterator[str]:
+def docker_run(image: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """`docker run --rm --read-only --tmpfs /tmp --tmpfs /var/tmp -u UID:UID -v WORK:/work IMAGE COMMAND`, with
+    buildah: /tmp and /var/tmp are folders of the host, as under Apptainer, and a run that writes anywhere
+    else in the image fails the test."""
     name = checked(["buildah", "from", "--name", f"nepa-test-{uuid.uuid4().hex[:8]}", image])
-    yield name
+    scratch = [tmp_path / "host-tmp", tmp_path / "host-var-tmp"]
+    for folder in scratch:
+        folder.mkdir()
+        folder.chmod(0o1777)
+    buildah_run = [
+        "buildah",
+        "run",
+        "--isolation",
+        "chroot",
+        "-v",
+        f"{scratch[0]}:/tmp",
+        "-v",
+        f"{scratch[1]}:/var/tmp",
+    ]
+    assert run([*buildah_run, name, "--", "true"]).returncode == 0
+    own = written(name)  # what buildah itself puts there (hosts, resolv.conf)
+
+    def docker_run(work: Path, uid: int, *command: str) -> subprocess.CompletedProcess:
+        done = run([*buildah_run, "--user", f"{uid}:{uid}", "-v", f"{work}:/work", name, "--", *command], timeout=900)
+        assert written(name) == own, f"{' '.join(command)} wrote into the image: {sorted(written(name) - own)}"
+        return done
+
+    yield docker_run
     run(["buildah", "rm", name])
 
 
 def written(container: str) -> set[str]:
-    """Every path the container's runs have written into the image's file system (its overlay upper layer)."""
+    """Every path written into the container's own file system (its overlay upper layer)."""
     upper = Path(checked(["buildah", "mount", container])).parent / "diff"
     return {str(p.relative_to(upper)) for p in upper.rglob("*")}
 
 
-def in_image(container: str, work: Path, uid: int, *command: str) -> subprocess.CompletedProcess:
-    """`docker run --rm -u UID:UID -v WORK:/work IMAGE COMMAND`, with buildah."""
-    docker_run = ["buildah", "run", "--isolation", "chroot", "--user", f"{uid}:{uid}", "-v", f"{work}:/work"]
-    return run([*docker_run, container, "--", *command], timeout=900)
-
-
-def work_folder(path: Path, uid: int) -> Path:
-    """A clone's work folder as its owner has it: params.yaml, owned by the uid that runs the image."""
+def work_folder(path: Path, uid: int, *clone: str) -> Path:
+    """A clone's work folder as its owner has it (params.yaml and the given files), owned by the uid that runs
+    the image."""
     path.mkdir()
-    shutil.copy(ROOT / "params.yaml", path / "params.yaml")
-    for p in (path, path / "params.yaml"):
+    for name in ("params.yaml", *clone):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, path / name)
+    for p in (path, *path.rglob("*")):
         os.chown(p, uid, uid)
     return path
 
 
 @pytest.mark.parametrize("uid", [1000, OTHER_UID])
-def test_smoke_stages_run_as_any_uid_over_a_read_only_image(container: str, tmp_path: Path, uid: int) -> None:
+def test_smoke_stages_run_as_any_uid_over_a_read_only_image(docker_run, tmp_path: Path, uid: int) -> None:
     work = work_folder(tmp_path / "work", uid)
-    assert in_image(container, work, uid, "true").returncode == 0
-    before = written(container)  # what buildah itself puts there (hosts, resolv.conf, mount points)
     for verb, *args in STAGES:
         sets = [x for s in DATA for x in ("--set", s)] + [x for a in args for x in (["--set", a] if "=" in a else [a])]
-        done = in_image(container, work, uid, "nepa", verb, *sets)
+        done = docker_run(work, uid, "nepa", verb, *sets)
         output = done.stdout + done.stderr
         assert done.returncode == 0 and "Traceback" not in output, f"nepa {verb} as uid {uid}:\n{output[-4000:]}"
         # the CPU op is prebuilt: nothing compiles, nothing falls back
@@ -161,4 +180,20 @@ def test_smoke_stages_run_as_any_uid_over_a_read_only_image(container: str, tmp_
     for output in OUTPUTS:
         assert (work / output).is_file(), output
     assert {p.stat().st_uid for p in work.rglob("*")} == {uid}
-    assert written(container) == before  # every cache went to the work folder: the image could be read-only
+
+
+def test_snakemake_plans_the_pipeline_as_a_uid_without_an_account(docker_run, tmp_path: Path) -> None:
+    """The README's one command (`snakemake --cores all` in the image, on the clone), as a dry run."""
+    work = work_folder(tmp_path / "work", OTHER_UID, "Snakefile", "workflow")
+    done = docker_run(work, OTHER_UID, "snakemake", "--dry-run", "--cores", "2")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in output, output[-4000:]
+    assert all(f"rule {rule}:" in output for rule in ("prepare_embedded", "pretrain", "report")), output[-4000:]
+
+
+def test_a_work_folder_the_uid_cannot_write_is_one_line(docker_run, tmp_path: Path) -> None:
+    """A mounted folder owned by someone else (root, here): one line naming what could not be written, exit 2."""
+    work = work_folder(tmp_path / "work", 0)
+    done = docker_run(work, OTHER_UID, "nepa", "prepare", "embedded")
+    assert done.returncode == 2, done.stderr[-4000:]
+    assert len(done.stderr.strip().splitlines()) == 1 and "data: Permission denied" in done.stderr, done.stderr

@@ -45,6 +45,9 @@ OUTPUTS = (
     "runs/tiny-nepa/finetune/metrics.json",
 )
 
+# What `buildah run` adds to the command's stderr when it exits non-zero.
+BUILDAH_STATUS = re.compile(r"^(subprocess exited with status \d+|Error: exit status \d+)\n", flags=re.MULTILINE)
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
@@ -144,6 +147,7 @@ def docker_run(image: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.
     def docker_run(work: Path, uid: int, *command: str) -> subprocess.CompletedProcess:
         done = run([*buildah_run, "--user", f"{uid}:{uid}", "-v", f"{work}:/work", name, "--", *command], timeout=900)
         assert written(name) == own, f"{' '.join(command)} wrote into the image: {sorted(written(name) - own)}"
+        done.stderr = BUILDAH_STATUS.sub("", done.stderr)  # docker adds no such lines
         return done
 
     yield docker_run

@@ -31,9 +31,9 @@ LABEL org.opencontainers.image.title="nepa" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
       org.opencontainers.image.licenses="Apache-2.0"
-# HOME is the work folder (mount the clone there): the caches of XDG, matplotlib, Snakemake, DVC and torch
-# land in it whatever the uid. USER names a uid without an account for getpass (Snakemake, DVC). Apptainer
-# keeps the caller's HOME and USER (or Snakemake's --home).
+# HOME is the work folder (mount the clone there): the caches and configs of matplotlib, Snakemake and DVC
+# land in it whatever the uid (torch's compile cache goes to /tmp). USER names a uid without an account for
+# getpass (Snakemake, DVC). Apptainer keeps the caller's HOME and USER (or Snakemake's --home).
 ENV PATH=/opt/nepa/bin:${PATH} HOME=/work USER=nepa DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
 # Runtime Debian packages: Python, the embedded default's data, and git for DVC.
 RUN apt-get update \

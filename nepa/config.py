@@ -89,6 +89,9 @@ class DataParams(Section):
     skip_bad: bool = False  # record unreadable files in the manifest instead of stopping
     workers: NonNegativeInt = 0  # 0: every core
     verify_shards: bool = True  # loaders check every shard's sha256 once per process (minutes at full scale)
+    # pretrain/finetune JPEG decoding (nepa/data/loaders.py): auto = gpu on CUDA hosts, else cpu (libjpeg-turbo);
+    # gpu = nvJPEG batches on the device (pretrain; finetune uses cpu); pil = the official PIL pipeline
+    decode: Literal["auto", "cpu", "gpu", "pil"] = "auto"
 
 
 class ModelParams(Section):

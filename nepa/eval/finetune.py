@@ -129,7 +129,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
     model = build_model(params, weights, num_classes)
     loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
                                num_workers=f.num_workers, verify=params.data.verify_shards,
-                               image_size=model.cfg.img_size)  # fmt: skip
+                               image_size=model.cfg.img_size, decode=params.data.decode)  # fmt: skip
     train_batches = functools.partial(loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment,
                                       reprob=f.reprob)  # fmt: skip
     val_batches = functools.partial(loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False,

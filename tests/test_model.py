@@ -134,7 +134,7 @@ def test_timm_attention_rope_computes_our_attention() -> None:
     cos, sin = _rope(32, 4, num_prefix=1)
     x = torch.randn(2, 17, 64)
     with torch.no_grad():
-        expected = ours(x, (cos, sin), causal=True)
+        expected = ours(x, (cos[:, None], sin[:, None]), causal=True)
         got = theirs(x, rope=torch.cat((sin[1:, 16:].tile(2), cos[1:]), dim=-1), is_causal=True)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 

@@ -35,7 +35,7 @@ VERBS: dict[str, Verb] = {
     "finetune": Verb("nepa.eval.finetune", "ImageNet-style classification fine-tuning", stage=True),
     "probe": Verb("nepa.eval.probe", "linear probe on frozen features (last and mean embedding)", stage=True),
     "segment": Verb("nepa.eval.segment", "ADE20K-style semantic segmentation with a UperNet head", stage=True),
-    "report": Verb("nepa.report", "our numbers beside the paper's: tables, curves, maps", stage=True),
+    "report": Verb("nepa.report.build", "our numbers beside the paper's: tables, curves, maps", stage=True),
     "import-official": Verb("nepa.official", "convert a released SixAILab checkpoint to nepa files", params=False),
     "params": Verb("nepa.config", "print the resolved params (presets, variant and --set applied)"),
     # Reads params its own way (the full-scale recipe of each size): it takes the params arguments itself.

@@ -88,14 +88,25 @@ def cpu_name() -> str:
 
 def device_record(device: torch.device) -> dict[str, Any]:
     """The device a result was measured on; `type` cuda or cpu is what `nepa estimate` selects by."""
-    host = {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    host = {
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         props = torch.cuda.get_device_properties(device)
-        return {"type": "cuda", "name": name, "count": torch.cuda.device_count(), "used": 1,
-                "memory_gb": round(props.total_memory / 2**30, 1), "capability": f"{props.major}.{props.minor}",
-                "peak_bf16_tflops": peak_bf16_tflops(name), "host": host}  # fmt: skip
+        return {
+            "type": "cuda",
+            "name": name,
+            "count": torch.cuda.device_count(),
+            "used": 1,
+            "memory_gb": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}",
+            "peak_bf16_tflops": peak_bf16_tflops(name),
+            "host": host,
+        }
     return {"type": "cpu", "name": host["cpu"], "count": 1, "used": 1, "peak_bf16_tflops": None, "host": host}
 
 
@@ -181,25 +192,34 @@ def parse_name(name: str) -> tuple[str, str, str]:
     return family, SIZES[size], mlp or "gelu"
 
 
+ARCH_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "mlp_hidden_dim", "mlp_gated", "causal")
+
+
 def build(name: str) -> Subject:
     family, size, mlp = parse_name(name)
     knobs = ModelParams(size=size, mlp=mlp)
-    dims = models.MODEL_SIZES[knobs.timm_name]
-    img, patch = dims.get("img_size", 224), dims.get("patch_size", 14)
+    fields = {"img_size": 224, "patch_size": 14, **models.MODEL_SIZES[knobs.timm_name]}
     if family == "nepa":
         model = models.create(knobs.timm_name, **knobs.architecture())
-        cfg = model.cfg
-        arch = dict(img_size=img, patch_size=patch, embed_dim=cfg.embed_dim, depth=cfg.depth,
-                    mlp_hidden_dim=cfg.mlp_hidden_dim, mlp_gated=cfg.mlp_gated, causal=cfg.causal)  # fmt: skip
-        return Subject(name, model, nepa_images_loss, img, arch)
-    model = VisionTransformer(
-        img_size=img, patch_size=patch, embed_dim=dims["embed_dim"], depth=dims["depth"], num_heads=dims["num_heads"],
-        mlp_ratio=dims["mlp_hidden_dim"] / dims["embed_dim"], class_token=True, global_pool="", num_classes=0,
-        dynamic_img_size=False,
-    )  # fmt: skip
-    arch = dict(img_size=img, patch_size=patch, embed_dim=dims["embed_dim"], depth=dims["depth"],
-                mlp_hidden_dim=dims["mlp_hidden_dim"], mlp_gated=False, causal=False)  # fmt: skip
-    return Subject(name, model, timm_images_loss, img, arch)
+        fields |= {key: getattr(model.cfg, key) for key in ("mlp_hidden_dim", "mlp_gated", "causal")}
+        loss = nepa_images_loss
+    else:
+        model = VisionTransformer(
+            img_size=fields["img_size"],
+            patch_size=fields["patch_size"],
+            embed_dim=fields["embed_dim"],
+            depth=fields["depth"],
+            num_heads=fields["num_heads"],
+            mlp_ratio=fields["mlp_hidden_dim"] / fields["embed_dim"],
+            class_token=True,
+            global_pool="",
+            num_classes=0,
+            dynamic_img_size=False,
+        )
+        fields |= {"mlp_gated": False, "causal": False}
+        loss = timm_images_loss
+    arch = {key: fields[key] for key in ARCH_FIELDS}
+    return Subject(name, model, loss, fields["img_size"], arch)
 
 
 def fused_attention(subject: Subject) -> bool:
@@ -225,20 +245,25 @@ def make_optimizer(model: nn.Module, device: torch.device, adamw: str = "auto") 
 
 
 def make_step(
-    subject: Subject, device: torch.device, precision: str, compile_: bool, adamw: str = "auto"
+    subject: Subject, device: torch.device, precision: str, compile_scope: str | None, adamw: str = "auto"
 ) -> Callable[[Tensor], Tensor]:
     """One optimizer step on a batch: forward (bf16 autocast over fp32 weights, as the engine), backward, gradient
-    clipping at 1.0, AdamW. With compile_, the forward and loss go through torch.compile (the backward with them);
-    the optimizer stays eager in both. Returns the loss (on the device: the step never waits for the host)."""
+    clipping at 1.0, AdamW. compile_scope: None (eager), "blocks" (each transformer block through torch.compile:
+    regional compilation, one graph reused by every block) or "model" (the forward and loss in one graph; the
+    backward is compiled with them). The optimizer stays eager. Returns the loss (on the device: the step never
+    waits for the host)."""
     model = subject.model.to(device).train()
     optimizer = make_optimizer(model, device, adamw)
     params = [p for p in model.parameters() if p.requires_grad]
+    if compile_scope == "blocks":
+        for block in model.blocks:
+            block.compile()
 
     def forward(images: Tensor) -> Tensor:
         with autocast(device, precision):
             return subject.loss(model, images)
 
-    forward_fn = torch.compile(forward) if compile_ else forward
+    forward_fn = torch.compile(forward) if compile_scope == "model" else forward
 
     def step(images: Tensor) -> Tensor:
         loss = forward_fn(images)
@@ -312,8 +337,13 @@ def run_trial(
 
     launch = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     try:
-        done = subprocess.run([sys.executable, str(script), "--trial", *args], capture_output=True, text=True,
-                              timeout=timeout, env={**launch, **(env or {})})  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(script), "--trial", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**launch, **(env or {})},
+        )
     except subprocess.TimeoutExpired:
         return {"status": "error", "error": f"timed out after {timeout:.0f} s"}
     for line in reversed(done.stdout.splitlines()):

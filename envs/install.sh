@@ -6,8 +6,11 @@
 #   bash envs/install.sh --cuda     CUDA torch instead of the CPU build (GPU hosts, the CUDA image)
 #
 # NEPA_VENV=PATH puts the environment elsewhere (the image uses /opt/nepa); NEPA_EDITABLE=0 installs nepa
-# as a regular package (the image); NEPA_TORCH_INDEX=URL adds an index for torch (the CPU image: PyTorch's
-# CPU wheel index). Idempotent and fast when nothing changed: a stamp of the requirement files' hash skips pip.
+# as a regular package (the image); NEPA_DEBS=0 skips the Debian packages (the image's build stage);
+# NEPA_TORCH_INDEX=URL is where the CPU torch comes from (default: PyTorch's CPU wheel index; PyPI's torch is
+# the CUDA build); NEPA_PREBUILD_OPS=1 builds DeepSpeed's CPU op into the package (the CPU image) instead of
+# JIT-building it on first use. Idempotent and fast when nothing changed: a stamp of the requirement files'
+# hash skips pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,15 +27,15 @@ done
 venv=${NEPA_VENV:-.venv}
 editable=(-e)
 [ "${NEPA_EDITABLE:-1}" = 0 ] && editable=()
-torch_index=()
-[ -n "${NEPA_TORCH_INDEX:-}" ] && torch_index=(--extra-index-url "$NEPA_TORCH_INDEX")
 say() { printf '\033[1m[nepa setup]\033[0m %s\n' "$*"; }
 
 # ---- Debian packages ------------------------------------------------------------------------------
 # dataset-fashion-mnist: the real images of the embedded default. The test services: a one-node SLURM
-# (slurm-wlm + munge) and headless chromium (the report's HTML is rendered in a test).
+# (slurm-wlm + munge), headless chromium (the report's HTML is rendered in a test), and debootstrap + buildah
+# (tests/test_image.py builds the CPU image on a base it makes itself).
 debs=(dataset-fashion-mnist)
-[ "$with_test" = 1 ] && debs+=(slurm-wlm munge chromium)
+[ "$with_test" = 1 ] && debs+=(slurm-wlm munge chromium debootstrap buildah)
+[ "${NEPA_DEBS:-1}" = 0 ] && debs=()
 missing=()
 for pkg in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -59,9 +62,16 @@ fi
 # ---- Python environment ---------------------------------------------------------------------------
 requirements=(-r envs/requirements-"$variant".txt)
 [ "$with_test" = 1 ] && requirements+=(-r envs/requirements-dev.txt)
+torch=("$(grep '^torch==' envs/requirements-cuda.txt)")
 constraints=()
-[ "$variant" = cpu ] && constraints=(-c envs/constraints-cpu.txt)  # or pip pulls a CUDA torch
-stamp="$venv/.nepa-install-$variant-$with_test"
+if [ "$variant" = cpu ]; then
+  # The constraint names the CPU build (+cpu), so that no resolution can bring a CUDA torch (+2.8 GB).
+  torch=(--extra-index-url "${NEPA_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+         "$(grep '^torch==' envs/constraints-cpu.txt)")
+  constraints=(-c envs/constraints-cpu.txt)
+fi
+prebuild=${NEPA_PREBUILD_OPS:-0}
+stamp="$venv/.nepa-install-$variant-$with_test-$prebuild"
 want=$(cat envs/*.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ]; then
   say "python venv in $venv"
@@ -69,10 +79,19 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-  say "pip install torch==2.13.0 ($variant) and the pinned requirements"
-  # torch first: on CPU hosts torch==2.13.0 resolves to the CPU build, which the constraints then hold.
-  "${pip[@]}" "${torch_index[@]}" torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-  "${pip[@]}" "${torch_index[@]}" "${constraints[@]}" "${requirements[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+  say "pip install ${torch[*]: -1} and the pinned requirements"
+  "${pip[@]}" "${torch[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+  if [ "$prebuild" = 1 ] && [ "$variant" = cpu ]; then
+    # DeepSpeed's documented pre-install of one op (DS_BUILD_<OP>=1, all others off), built against the torch
+    # just installed, so that runs neither compile nor write a build folder (the CPU image has no compiler).
+    say "DeepSpeed with its CPU communication op prebuilt (~2 min)"
+    "${pip[@]}" -r envs/requirements-build.txt 2>&1 | grep -v "^WARNING: Location" || true
+    DS_ACCELERATOR=cpu DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 "${pip[@]}" --no-build-isolation --use-pep517 --no-cache-dir \
+      "${constraints[@]}" "$(grep '^deepspeed==' envs/requirements.txt)" 2>&1 | grep -v "^WARNING: Location" || true
+    "$venv/bin/python" -c "from deepspeed.git_version_info import installed_ops as op; assert op['deepspeed_shm_comm']" \
+      >/dev/null 2>&1 || { echo "nepa setup: DeepSpeed's CPU op did not build; see the messages above" >&2; exit 1; }
+  fi
+  "${pip[@]}" "${constraints[@]}" "${requirements[@]}" 2>&1 | grep -v "^WARNING: Location" || true
   "${pip[@]}" "${constraints[@]}" --no-deps "${editable[@]}" . 2>&1 | grep -v "^WARNING: Location" || true
   "$venv/bin/python" -c "import torch, deepspeed, snakemake, dvc" 2>/dev/null \
     || { echo "nepa setup: pip install failed; see the messages above" >&2; exit 1; }
@@ -81,10 +100,9 @@ fi
 "$venv/bin/python" envs/patch_torchvision.py
 "$venv/bin/python" -c "import timm, nepa.models" || { echo "nepa setup: import timm failed" >&2; exit 1; }
 if [ "$variant" = cpu ]; then
-  # DeepSpeed builds its CPU communication op on first use (~1 min; cached in ~/.cache/torch_extensions):
-  # build it here, as every run does (clearing a lock left by an interrupted build), so that the first
-  # pipeline run does not pay for it.
-  say "DeepSpeed CPU communication op (built once, then cached)"
+  # DeepSpeed's CPU communication op, where not prebuilt, is JIT-built on first use (~1 min, then cached for
+  # this environment): build it here, as every run does, so that the first pipeline run does not pay for it.
+  say "DeepSpeed CPU communication op"
   "$venv/bin/python" -c "from nepa.engine.distributed import build_cpu_comm_op; build_cpu_comm_op()" >/dev/null
 fi
 # `snakemake --profile slurm` finds profiles by name in the user's config: link ours there.

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from nepa.config import add_params_arguments, params_from_arguments
 from nepa.errors import EXIT_USAGE, UserError
+from nepa.files import io_error_line
+from nepa.pipeline import follow_dvc_remote
+from nepa.stopping import EXIT_REQUEUE, Stopped, stop_on_signals
 from nepa.verbs import VERBS
 
 
@@ -32,16 +37,18 @@ def run_verb(name: str, parser: argparse.ArgumentParser, argv: list[str]) -> int
     module = importlib.import_module(verb.module)
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
+    run = getattr(module, verb.function)
     if not verb.params:
-        return module.main(parser.parse_args(argv))
+        return run(parser.parse_args(argv))
     add_params_arguments(parser)
     args = parser.parse_args(argv)
     params = params_from_arguments(args)
+    follow_dvc_remote(Path(args.params).parent, params)
     if verb.stage and params.launcher.kind == "submitit":
         from nepa.launch import run_on_cluster  # submitit is loaded only where a verb is sent to SLURM
 
         return run_on_cluster(name, argv, params)
-    return module.main(args, params)
+    return run(args, params)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,11 +58,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return EXIT_USAGE
     verb, rest = argv[0], argv[1:]
+    previous = stop_on_signals()  # from the first instant: SLURM may preempt a verb that is still starting
     try:
         return run_verb(verb, subparsers[verb], rest)
+    except Stopped as e:
+        print(f"nepa {verb}: stopped by signal {e.signum} before training; nothing written is half-done, "
+              f"run the same command again to continue (exit {EXIT_REQUEUE})", file=sys.stderr)  # fmt: skip
+        return EXIT_REQUEUE
     except UserError as e:
         print(f"nepa {verb}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:  # a named file could not be read or written (disk full, permissions): not a bug
+        if e.filename is None:
+            raise
+        print(f"nepa {verb}: error: {io_error_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

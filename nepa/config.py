@@ -4,7 +4,7 @@ Resolution, later wins:
   1. the defaults below;
   2. at `scale: embedded`, the embedded default's schedule (Fashion-MNIST, tiny model, CPU, minutes), and at
      `scale: full`, the full-scale recipe of `recipe` (paper | official) for the model size (nepa/presets.py);
-  3. the model knobs of `recipe` where paper and official code disagree (PAPER.md "Decisions");
+  3. the model knobs of `recipe` where paper and official code disagree (docs/paper.md, "Decisions");
   4. what params.yaml says;
   4b. the NEPA_LAUNCHER environment variable, if set: launcher.kind (local | submitit), so that a Snakemake
       profile or a cluster login shell sends every stage to SLURM without editing params.yaml;
@@ -37,6 +37,16 @@ from pydantic import (
 )
 
 from nepa.errors import UserError
+from nepa.presets import (
+    ABLATION_TABLE,
+    ABLATION_VARIANTS,
+    ABLATIONS,
+    EMBEDDED,
+    ablation_schedule,
+    full_scale,
+    pretraining_source,
+    recipe_knobs,
+)
 from nepa.verbs import STAGES
 
 
@@ -89,6 +99,9 @@ class DataParams(Section):
     skip_bad: bool = False  # record unreadable files in the manifest instead of stopping
     workers: NonNegativeInt = 0  # 0: every core
     verify_shards: bool = True  # loaders check every shard's sha256 once per process (minutes at full scale)
+    # pretrain/finetune JPEG decoding (nepa/data/loaders.py): auto = gpu on CUDA hosts, else cpu (libjpeg-turbo);
+    # gpu = nvJPEG batches on the device (pretrain; finetune uses cpu); pil = the official PIL pipeline
+    decode: Literal["auto", "cpu", "gpu", "pil"] = "auto"
 
 
 class ModelParams(Section):
@@ -154,13 +167,13 @@ class EpochTrainingParams(TrainingParams):
     epochs: PositiveFloat = 10
     warmup_epochs: NonNegativeFloat = 1
     max_steps: Annotated[PositiveInt | None, OPERATIONAL] = None  # stop early; the schedule still spans `epochs`
-    base_lr: PositiveFloat = 1e-3  # lr = base_lr * global_batch / 256
+    base_lr: NonNegativeFloat = 1e-3  # lr = base_lr * global_batch / 256; 0: a control run (initial weights)
 
 
 class PretrainParams(EpochTrainingParams):
     epochs: PositiveFloat = 20
     warmup_epochs: NonNegativeFloat = 2
-    base_lr: PositiveFloat = 3e-4
+    base_lr: NonNegativeFloat = 3e-4
     betas: tuple[Fraction, Fraction] = (0.9, 0.95)
     grad_clip: PositiveFloat | None = 1.0
     ema_decay: Fraction = 0.999
@@ -181,6 +194,9 @@ class FinetuneParams(EpochTrainingParams):
     freeze_patch_embed: bool = True
     attention: Literal["bidirectional", "causal"] = "bidirectional"
     pooling: Literal["mean", "last"] = "mean"
+    # learnable QK-Norm scales from fine-tuning on (the official fine-tune configs); a backbone pretrained with
+    # them (model.qk_norm_affine) keeps them either way
+    qk_norm_affine: bool = False
     ema_decay: Fraction | None = 0.999
     # fixed before any run
     report: Annotated[Literal["ema_final", "online_final", "max_final"], OPERATIONAL] = "ema_final"
@@ -190,7 +206,7 @@ class FinetuneParams(EpochTrainingParams):
 class ProbeParams(Section):
     epochs: PositiveFloat = 20
     global_batch: PositiveInt = 256  # also the feature-extraction batch
-    base_lr: PositiveFloat = 0.1  # SGD lr = base_lr * global_batch / 256, cosine to 0
+    base_lr: NonNegativeFloat = 0.1  # SGD lr = base_lr * global_batch / 256, cosine to 0
     weight_decay: NonNegativeFloat = 0.0
     poolings: Annotated[tuple[Literal["last", "mean"], ...], Field(min_length=1)] = ("last", "mean")
     num_workers: NonNegativeInt = 2
@@ -202,7 +218,7 @@ class SegmentParams(TrainingParams):
     global_batch: PositiveInt = 16
     micro_batch: Annotated[int, Field(ge=2)] = 16  # per process and step; at least 2 (BatchNorm in the head)
     crop: PositiveInt = 64  # full scale 512, padded up to a multiple of the patch inside the model (518 at patch 14)
-    lr: PositiveFloat = 1e-4  # the peak lr itself, as mmseg configs give it (not scaled by the batch)
+    lr: NonNegativeFloat = 1e-4  # the peak lr itself, as mmseg configs give it (not scaled by the batch)
     layer_decay: UnitInterval = 0.65
     taps: tuple[NonNegativeInt, ...] | None = None  # 0-based blocks; None: d/3, d/2, 2d/3, d (1-based)
     channels: PositiveInt = 128  # UperNet channels (512 at full scale)
@@ -284,13 +300,17 @@ class Params(Section):
     variant: str = "nepa"  # an ablation from nepa/presets.py ABLATIONS; "nepa" is the method itself
     sizes: tuple[Size, ...] = ("tiny",)  # model sizes the DAG runs; a stage runs model.size
     variants: tuple[str, ...] = ("nepa",)  # variants the DAG runs for every size (the report's rows)
-    ablation_variants: tuple[str, ...] = (  # what `snakemake ablations` runs (Table 1)
-        "no_shift", "no_causal", "no_stop_grad", "plain_vit", "ls", "ls_rope", "ls_rope_swiglu", "ls_rope_qknorm",
-        "mask_40", "mask_60", "ft_patch_embed_trained", "ft_causal",
-    )  # fmt: skip
+    ablation_variants: tuple[str, ...] = ABLATION_VARIANTS  # what `snakemake ablations` runs (Table 1, appendix)
     seed: int = 0
+    # Seeds the DAG runs each run of a target with, each in its own folder {size}-{variant}-s{seed} (the seed is
+    # recorded in its metrics.json); empty: `seed` alone, in {size}-{variant}. `seeds` for the default target,
+    # `ablation_seeds` for `snakemake ablations`.
+    seeds: tuple[NonNegativeInt, ...] = ()
+    ablation_seeds: tuple[NonNegativeInt, ...] = ()
     runs: str = "runs"  # stage outputs: checkpoints, exports, metrics
-    dvc_remote: str = "../nepa-dvc-storage"  # DVC remote for data and checkpoints (path or any DVC URL)
+    # DVC remote for data and checkpoints: a folder (relative: to the params file's folder) or any DVC URL;
+    # nepa commands keep .dvc/config on it (nepa/pipeline.py follow_dvc_remote)
+    dvc_remote: Annotated[str, Field(min_length=1)] = "../nepa-dvc-storage"
     results: str = "results"  # report and figures
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
@@ -302,9 +322,24 @@ class Params(Section):
     launcher: LauncherParams = LauncherParams()
 
     @property
+    def seeded(self) -> bool:
+        """Runs are per seed: their folders name it."""
+        return bool(self.seeds or self.ablation_seeds)
+
+    def run_of(self, variant: str) -> str:
+        """Folder name of the run of `variant` at this size and seed."""
+        return f"{self.model.size}-{variant}" + (f"-s{self.seed}" if self.seeded else "")
+
+    @property
     def run_name(self) -> str:
-        """Folder name of this configuration's runs: size and variant."""
-        return f"{self.model.size}-{self.variant}"
+        """Folder name of this configuration's runs: size, variant (and seed, where runs are per seed)."""
+        return self.run_of(self.variant)
+
+    @property
+    def pretrained_run(self) -> str:
+        """The run whose pretraining and export this run's downstream stages start from: its own, or for a
+        fine-tune-only variant its baseline's (nepa/presets.py PRETRAINED_BY)."""
+        return self.run_of(pretraining_source(self.variant, self.scale == "full"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -380,7 +415,7 @@ def _one_line(error: ValidationError, source: str) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}; see the documented keys in params.yaml"
-    if first["type"] == "value_error":  # one of the checks below; across keys (no key), its message names them
+    if first["type"] == "value_error":  # a validator's message; one across keys (no key) names the keys itself
         return f"{source}: {key + ': ' if key else ''}{first['ctx']['error']}"
     return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
 
@@ -397,8 +432,6 @@ def _launcher_from_env() -> dict[str, Any]:
 
 def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (), size: str | None = None) -> Params:
     """Resolve params.yaml (see the module doc); `size` selects the model size (default: the file's)."""
-    from nepa.presets import ABLATION_TABLE, ABLATIONS, EMBEDDED, ablation_schedule, full_scale, recipe_knobs
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: params file not found; run from the repository root or pass --params PATH")
@@ -425,7 +458,7 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
         layers.append(("embedded preset", EMBEDDED))
     if scale == "full":
         try:
-            layers.append(("full-scale preset", full_scale(recipe, size)))
+            layers.append(("full-scale preset", full_scale(recipe, size, top.get("launcher", {}).get("slurm", {}))))
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
         if variant in ABLATION_TABLE:

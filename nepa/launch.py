@@ -114,8 +114,14 @@ class StageTask(submitit.helpers.Checkpointable):
 
 # What caps a process's compute threads. sbatch passes the submitting shell's environment to the job, and
 # Snakemake sets these to a rule's threads: 1 for a rule that only waits for its SLURM job.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")  # fmt: skip
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "GOTO_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
 
 
 def _job_threads(env: Mapping[str, str]) -> dict[str, str]:

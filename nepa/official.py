@@ -75,7 +75,8 @@ KEY_MAP = [
     ("vit_nepa.encoder.layer.{i}.attention.attention.{n}.{p}", "blocks.{i}.attn.{n}.{p}"),
     ("vit_nepa.encoder.layer.{i}.attention.output.dense.{p}", "blocks.{i}.attn.proj.{p}"),
     ("vit_nepa.encoder.layer.{i}.intermediate.up_proj.{p}", "blocks.{i}.mlp.fc1.{p}"),
-    ("vit_nepa.encoder.layer.{i}.intermediate.gate_proj.{p}", "blocks.{i}.mlp.gate.{p}"),
+    ("vit_nepa.encoder.layer.{i}.intermediate.up_proj.{p}", "blocks.{i}.mlp.fc1_x.{p}"),  # gated (timm SwiGLU)
+    ("vit_nepa.encoder.layer.{i}.intermediate.gate_proj.{p}", "blocks.{i}.mlp.fc1_g.{p}"),
     ("vit_nepa.encoder.layer.{i}.output.dense.{p}", "blocks.{i}.mlp.fc2.{p}"),
     ("vit_nepa.encoder.layer.{i}.layer_scale.lambda1", "blocks.{i}.ls1.gamma"),
     ("vit_nepa.encoder.layer.{i}.output.layer_scale.lambda1", "blocks.{i}.ls2.gamma"),
@@ -141,6 +142,8 @@ def state_from_official(tensors: dict[str, torch.Tensor], source: str) -> dict[s
             raise UserError(f"{source}: unknown tensor {key!r}; is this a vit_nepa checkpoint?")
     for (block, kind), parts in qkv.items():
         state[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in QKV_ORDER])
+    if any(".mlp.fc1_g." in key for key in state):  # gated: up_proj is the SwiGLU's fc1_x
+        state = {key.replace(".mlp.fc1.", ".mlp.fc1_x."): value for key, value in state.items()}
     return state
 
 

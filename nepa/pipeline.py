@@ -1,14 +1,24 @@
 """The pipeline's stages, once: the Snakefile's rules and dvc.yaml are both rendered from this table.
 
-Each stage is one `nepa` verb. Paths are templates over {data} (params data.root), {runs}, {results}
-and, for per-model stages, {size} and {variant}. `python -m nepa.pipeline` writes dvc.yaml
-(and the params schema);
-tests/test_workflow.py checks that it is current and that Snakemake and DVC build the same DAG.
+Each stage is one `nepa` verb. Paths are templates over {data} (params data.root), {runs}, {results}, the
+datasets' sources and, for per-model stages, {size}, {variant} and the seed. Which runs a target runs is the
+experiment plan's (nepa/plan.py): both tools run its jobs, a fine-tune-only variant's downstream stages start
+from the export of the run it reuses ({source}). `python -m nepa.pipeline` writes dvc.yaml (the default
+target's runs, for the params at hand), .dvc/config and the params schema; tests/test_workflow.py checks that
+they are current and that Snakemake and DVC build the same DAG, with the same commands and the same inputs.
+
+What re-runs a stage, in both tools: its command, its params sections and its input files. The code is not
+an input of either: a change to the nepa package re-runs nothing by itself (a stage can cost GPU-days; every
+metrics.json records the git commit it ran at); `snakemake -R STAGE` or `dvc repro -f STAGE` re-runs one.
+Logs: Snakemake sends each verb's stdout and stderr to the stage's `log` file under logs/ (and shows it when
+the stage fails); `dvc repro` shows them on the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +27,20 @@ from typing import Any
 import yaml
 
 from nepa.config import Params
+from nepa.plan import Job, plan_jobs
+from nepa.presets import pretraining_source
 
-RUN = "{runs}/{size}-{variant}"
+# A run's folder: {seedpart} is -s{seed} where runs are per seed (params seeds/ablation_seeds), else empty;
+# {seedarg} passes that seed to the verb. SOURCE: the run whose export a downstream stage starts from.
+RUN = "{runs}/{size}-{variant}{seedpart}"
+SOURCE = "{runs}/{size}-{source}{seedpart}"
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     cmd: str  # the nepa verb and its arguments
-    deps: tuple[str, ...]  # paths read (besides the nepa package and params)
+    deps: tuple[str, ...]  # paths read (besides params)
     outs: tuple[str, ...]  # paths written, versioned by DVC (folders end without a slash)
     params: tuple[str, ...]  # params.yaml sections the stage reads
     metrics: tuple[str, ...] = ()
@@ -38,9 +53,32 @@ class Stage:
     # Outputs `snakemake --report` shows: (template, file patterns inside it; () for a file).
     shown: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
+    @property
+    def log(self) -> str:
+        """Snakemake's log file of the stage (a template, like the paths)."""
+        return f"logs/{self.name}/{{size}}-{{variant}}{{seedpart}}.log" if self.per_model else f"logs/{self.name}.log"
+
+
+def model_stage(verb: str, deps: tuple[str, ...], params: tuple[str, ...], trains: bool = True) -> Stage:
+    """A stage of one (size, variant). One that trains (on the engine) resumes its checkpoints and writes its
+    final numbers and its curve; the probe writes only its numbers."""
+    folder = f"{RUN}/{verb}"
+    trained = (f"{folder}/checkpoints",) if trains else ()
+    return Stage(
+        verb,
+        f"nepa {verb} --size {{size}} --variant {{variant}}{{seedarg}}",
+        deps=deps,
+        outs=trained,
+        persist=trained,
+        params=params,
+        metrics=(f"{folder}/metrics.json",),
+        plots=(f"{folder}/metrics.csv",) if trains else (),
+        per_model=True,
+    )
+
 
 STAGES: tuple[Stage, ...] = (
-    Stage(
+    Stage(  # the embedded default only: at scale full the sources are the real datasets'
         "prepare_embedded",
         "nepa prepare embedded",
         deps=(),
@@ -51,63 +89,26 @@ STAGES: tuple[Stage, ...] = (
         Stage(
             f"prepare_{dataset}",
             f"nepa prepare {dataset}",
-            deps=("{data}/raw",),
+            deps=(f"{{{dataset}_src}}",),  # the embedded raw layouts, or data.{dataset}_src at scale full
             outs=(f"{{data}}/shards/{dataset}",),
             params=("scale", "data"),
             persist=(f"{{data}}/shards/{dataset}",),  # an interrupted prepare writes only the missing shards
         )
         for dataset in ("imagenet", "ade20k")
     ),
-    Stage(
-        "pretrain",
-        "nepa pretrain --size {size} --variant {variant}",
-        deps=("{data}/shards/imagenet",),
-        outs=(RUN + "/pretrain/checkpoints",),
-        persist=(RUN + "/pretrain/checkpoints",),
-        params=("recipe", "scale", "seed", "model", "objective", "pretrain"),
-        metrics=(RUN + "/pretrain/metrics.json",),  # the final loss: the collapse check
-        plots=(RUN + "/pretrain/metrics.csv",),
-        per_model=True,
-    ),
+    # the metrics: the final loss, the collapse check
+    model_stage("pretrain", ("{data}/shards/imagenet",), ("recipe", "scale", "seed", "model", "objective", "pretrain")),
     Stage(
         "export",
-        "nepa export --size {size} --variant {variant}",
+        "nepa export --size {size} --variant {variant}{seedarg}",
         deps=(RUN + "/pretrain/checkpoints",),
         outs=(RUN + "/export",),
         params=("model",),
         per_model=True,
     ),
-    Stage(
-        "finetune",
-        "nepa finetune --size {size} --variant {variant}",
-        deps=(RUN + "/export", "{data}/shards/imagenet"),
-        outs=(RUN + "/finetune/checkpoints",),
-        persist=(RUN + "/finetune/checkpoints",),
-        params=("recipe", "scale", "seed", "finetune"),
-        metrics=(RUN + "/finetune/metrics.json",),
-        plots=(RUN + "/finetune/metrics.csv",),
-        per_model=True,
-    ),
-    Stage(
-        "probe",
-        "nepa probe --size {size} --variant {variant}",
-        deps=(RUN + "/export", "{data}/shards/imagenet"),
-        outs=(),
-        params=("seed", "probe"),
-        metrics=(RUN + "/probe/metrics.json",),
-        per_model=True,
-    ),
-    Stage(
-        "segment",
-        "nepa segment --size {size} --variant {variant}",
-        deps=(RUN + "/export", "{data}/shards/ade20k"),
-        outs=(RUN + "/segment/checkpoints",),
-        persist=(RUN + "/segment/checkpoints",),
-        params=("recipe", "scale", "seed", "segment"),
-        metrics=(RUN + "/segment/metrics.json",),
-        plots=(RUN + "/segment/metrics.csv",),
-        per_model=True,
-    ),
+    model_stage("finetune", (SOURCE + "/export", "{data}/shards/imagenet"), ("recipe", "scale", "seed", "finetune")),
+    model_stage("probe", (SOURCE + "/export", "{data}/shards/imagenet"), ("seed", "probe"), trains=False),
+    model_stage("segment", (SOURCE + "/export", "{data}/shards/ade20k"), ("recipe", "scale", "seed", "segment")),
 )
 REPORT = Stage(
     "report",
@@ -125,53 +126,89 @@ def stage(name: str) -> Stage:
     return next(s for s in (*STAGES, REPORT) if s.name == name)
 
 
-def fill(template: str, params: Params, **wildcards: str) -> str:
-    return template.format(data=params.data.root, runs=params.runs, results=params.results, **wildcards)
+def stages_of(params: Params) -> tuple[Stage, ...]:
+    """The stages of the params' DAG: at scale full no embedded data."""
+    return tuple(s for s in (*STAGES, REPORT) if params.scale == "embedded" or s.name != "prepare_embedded")
+
+
+def fill(template: str, params: Params, size: str = "", variant: str = "", seed: object = "", source: str = "") -> str:
+    """A template's path or command, for a run's values or for Snakemake's or DVC's placeholders of them. The
+    source run (a fine-tune-only variant's baseline) follows from a concrete variant where not given."""
+    full = params.scale == "full"
+    raw = f"{params.data.root}/raw"
+    return template.format(
+        data=params.data.root,
+        runs=params.runs,
+        results=params.results,
+        size=size,
+        variant=variant,
+        source=source or (pretraining_source(variant, full) if "{source}" in template else ""),
+        imagenet_src=params.data.imagenet_src if full else raw,
+        ade20k_src=params.data.ade20k_src if full else raw,
+        seedpart=f"-s{seed}" if params.seeded else "",
+        seedarg=f" --set seed={seed}" if params.seeded else "",
+    )
+
+
+def job_paths(job: Job, params: Params) -> list[str]:
+    """What a job of the plan leaves that the report reads or a target asks for: metrics, curves, the export."""
+    s = stage(job.stage)
+    kept = [t for t in (*s.metrics, *s.plots, *s.outs) if not t.endswith("/checkpoints")]
+    return [fill(t, params, job.size, job.variant, job.seed) for t in kept]
+
+
+def target_inputs(params: Params, target: str) -> list[str]:
+    """The outputs a target (the plan's `all` or `ablations`) asks for: every run's metrics, curves and export."""
+    return [path for job in plan_jobs(params, (target,)) if job.size for path in job_paths(job, params)]
 
 
 def report_inputs(params: Params) -> list[str]:
-    """The metrics and curves `nepa report` reads, for every configured size and variant."""
-    paths = []
-    for size in params.sizes:
-        for variant in params.variants:
-            for s in STAGES:
-                if s.per_model and (s.name in DOWNSTREAM or s.plots):
-                    paths += [fill(p, params, size=size, variant=variant) for p in (*s.metrics, *s.plots)]
-            paths.append(fill(RUN + "/export", params, size=size, variant=variant))  # the maps' models
-    return [*paths, fill("{data}/shards/imagenet", params)]  # the maps' validation images
+    """The metrics, curves and exported models `nepa report` reads: the default target's, with the validation
+    images of the maps."""
+    return [*target_inputs(params, "all"), fill("{data}/shards/imagenet", params)]
 
 
 # ---- dvc.yaml ------------------------------------------------------------------------------------
 
 
-def _dvc_path(template: str) -> str:
-    return template.format(
-        data="${data.root}", runs="${runs}", results="${results}", size="${item.size}", variant="${item.variant}"
-    )
+def _dvc_path(template: str, params: Params) -> str:
+    """A template as dvc.yaml says it: rendered for the params at hand, a run's values from its foreach item."""
+    return fill(template, params, "${item.size}", "${item.variant}", "${item.seed}", source="${item.source}")
+
+
+def dvc_runs(s: Stage, params: Params) -> dict[str, dict[str, Any]]:
+    """A per-model stage's runs in the default target, by run name (DVC's stage names: pretrain@tiny-nepa)."""
+    full = params.scale == "full"
+    return {
+        job.run: dict(size=job.size, variant=job.variant, seed=job.seed, source=pretraining_source(job.variant, full))
+        for job in plan_jobs(params, ("all",))
+        if job.stage == s.name
+    }
 
 
 def dvc_stage(s: Stage, params: Params) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if s.per_model:
-        body["matrix"] = {"size": "${sizes}", "variant": "${variants}"}
-    body["cmd"] = _dvc_path(s.cmd)
-    deps = [_dvc_path(d) for d in s.deps]
+    body: dict[str, Any] = {"cmd": _dvc_path(s.cmd, params)}
+    deps = [_dvc_path(d, params) for d in s.deps]
     if s is REPORT:
-        deps = report_inputs(params)  # DVC cannot expand a matrix into a list: rendered for the params at hand
-    body["deps"] = ["nepa", *deps]
+        deps = report_inputs(params)  # DVC cannot expand a foreach into a list: rendered for the params at hand
+    if deps:
+        body["deps"] = deps
     body["params"] = list(s.params)
     if s.outs or s.extra_outs:
-        outs: list[Any] = [{_dvc_path(o): {"persist": True}} if o in s.persist else _dvc_path(o) for o in s.outs]
-        body["outs"] = outs + [{_dvc_path(o): {"cache": False}} for o in s.extra_outs]
+        outs: list[Any] = [
+            {_dvc_path(o, params): {"persist": True}} if o in s.persist else _dvc_path(o, params) for o in s.outs
+        ]
+        body["outs"] = outs + [{_dvc_path(o, params): {"cache": False}} for o in s.extra_outs]
     if s.metrics:
-        body["metrics"] = [{_dvc_path(m): {"cache": False}} for m in s.metrics]
+        body["metrics"] = [{_dvc_path(m, params): {"cache": False}} for m in s.metrics]
     if s.plots:
-        body["plots"] = [{_dvc_path(p): {"cache": False, "x": "step"}} for p in s.plots]
-    return body
+        body["plots"] = [{_dvc_path(p, params): {"cache": False, "x": "step"}} for p in s.plots]
+    return {"foreach": dvc_runs(s, params), "do": body} if s.per_model else body
 
 
 def dvc_yaml(params: Params) -> str:
-    stages = {s.name: dvc_stage(s, params) for s in (*STAGES, REPORT)}
+    """dvc.yaml of the default target (a stage without runs in it is left out)."""
+    stages = {s.name: dvc_stage(s, params) for s in stages_of(params) if not s.per_model or dvc_runs(s, params)}
     header = "# Rendered from nepa/pipeline.py by `python -m nepa.pipeline` - edit that, not this.\n"
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
 
@@ -182,9 +219,54 @@ def params_schema() -> str:
     return json.dumps(schema, indent=2) + "\n"
 
 
+def dvc_url(remote: str) -> str:
+    """params' dvc_remote as .dvc/config says it: DVC reads a relative path from the .dvc folder, while
+    params give it from the repository root (the default, ../nepa-dvc-storage, is beside the clone)."""
+    return remote if "://" in remote or Path(remote).is_absolute() else posixpath.join("..", remote)
+
+
 def dvc_config(params: Params) -> str:
     """.dvc/config: analytics off, the remote from params."""
-    return f"[core]\n    analytics = false\n    remote = nepa\n['remote \"nepa\"']\n    url = {params.dvc_remote}\n"
+    return (
+        "# Rendered from params.yaml (dvc_remote) by every nepa command: edit that, or keep your own settings in\n"
+        "# .dvc/config.local (`dvc remote modify --local nepa ...`).\n"
+        "[core]\n    analytics = false\n    remote = nepa\n"
+        f"['remote \"nepa\"']\n    url = {dvc_url(params.dvc_remote)}\n"
+    )
+
+
+def remote_problem(root: Path, remote: str) -> str | None:
+    """Why `dvc push` cannot store in a local remote folder, or None (URLs are DVC's to check)."""
+    if "://" in remote:
+        return None
+    path = root / remote
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def follow_dvc_remote(root: Path, params: Params) -> None:
+    """Keep the DVC project at `root` pushing to params' dvc_remote: DVC reads .dvc/config, never params.yaml,
+    so every nepa command that reads params (and the Snakefile) brings it up to date; an unusable local
+    remote is one line on stderr, as it is no reason to stop a stage."""
+    config = root / ".dvc" / "config"
+    if not config.parent.is_dir():
+        return  # params outside a DVC project (a run folder, a test)
+    text = dvc_config(params)
+    if not config.is_file() or config.read_text() != text:
+        partial = config.with_name(f"config.{os.getpid()}.partial")  # stages may start together: each its own
+        partial.write_text(text)
+        os.replace(partial, config)
+        print(f"nepa: {config}: DVC remote set to {params.dvc_remote} (params dvc_remote)", file=sys.stderr)
+    if problem := remote_problem(root, params.dvc_remote):
+        print(
+            f"nepa: params dvc_remote {params.dvc_remote!r} is not usable ({problem}): `dvc push` will fail; "
+            "set dvc_remote to a folder you can write or a DVC remote URL",
+            file=sys.stderr,
+        )
 
 
 RENDERED = {

@@ -1,7 +1,6 @@
-"""Recipes as data: the paper's and the official code's full-scale numbers, and the ablation variants.
+"""Recipes as data: the paper's and the official code's full-scale numbers, and the experiment plan's variants.
 
-Sources: PAPER.md (the paper's Tables 1, 5 and the official scripts). tests/test_presets.py checks
-these numbers against PAPER.md's tables.
+docs/paper.md states the facts these numbers come from; tests/test_presets.py checks them against its tables.
 """
 
 from __future__ import annotations
@@ -34,10 +33,21 @@ EMBEDDED: Layer = {
 # ---- full-scale recipes ---------------------------------------------------------------------------
 
 PRETRAIN_COMMON: Layer = dict(
-    warmup_epochs=40, global_batch=4096, micro_batch=128, base_lr=3e-4, betas=[0.9, 0.95], weight_decay=0.05,
-    grad_clip=1.0, ema_decay=0.9999, drop_path=0.0, crop_scale=[0.08, 1.0], checkpoint_every=1000, keep_last=3,
-    log_every=50, num_workers=10,
-)  # fmt: skip
+    warmup_epochs=40,
+    global_batch=4096,
+    micro_batch=128,
+    base_lr=3e-4,
+    betas=[0.9, 0.95],
+    weight_decay=0.05,
+    grad_clip=1.0,
+    ema_decay=0.9999,
+    drop_path=0.0,
+    crop_scale=[0.08, 1.0],
+    checkpoint_every=1000,
+    keep_last=3,
+    log_every=50,
+    num_workers=10,
+)
 PRETRAIN_EPOCHS = {
     ("paper", "base"): 1600,
     ("paper", "large"): 800,
@@ -46,10 +56,22 @@ PRETRAIN_EPOCHS = {
 }
 
 FINETUNE_COMMON: Layer = dict(
-    global_batch=1024, micro_batch=128, betas=[0.9, 0.999], weight_decay=0.05, auto_augment="rand-m9-mstd0.5-inc1",
-    reprob=0.25, mixup=0.8, cutmix=1.0, label_smoothing=0.1, freeze_patch_embed=True, ema_decay=0.9999,
-    checkpoint_every=1000, keep_last=3, log_every=50, num_workers=10,
-)  # fmt: skip
+    global_batch=1024,
+    micro_batch=128,
+    betas=[0.9, 0.999],
+    weight_decay=0.05,
+    auto_augment="rand-m9-mstd0.5-inc1",
+    reprob=0.25,
+    mixup=0.8,
+    cutmix=1.0,
+    label_smoothing=0.1,
+    freeze_patch_embed=True,
+    ema_decay=0.9999,
+    checkpoint_every=1000,
+    keep_last=3,
+    log_every=50,
+    num_workers=10,
+)
 FINETUNE: dict[tuple[str, str], Layer] = {
     ("paper", "base"): dict(epochs=100, warmup_epochs=5, base_lr=1e-3, layer_decay=0.35, drop_path=0.1),
     ("paper", "large"): dict(epochs=50, warmup_epochs=5, base_lr=1e-3, layer_decay=0.60, drop_path=0.2),
@@ -64,18 +86,59 @@ SEGMENT: dict[str, Layer] = {
     "large": dict(taps=[7, 11, 15, 23], drop_path=0.2, layer_decay=0.75),
 }
 SEGMENT_COMMON: Layer = dict(
-    iterations=160_000, global_batch=16, micro_batch=2, crop=512, lr=1e-4, weight_decay=0.05, warmup_iterations=1500,
-    channels=512, num_classes=150, eval_mode="slide", eval_stride=341, checkpoint_every=4000, keep_last=3,
-    log_every=50, num_workers=8,
-)  # fmt: skip
+    iterations=160_000,
+    global_batch=16,
+    micro_batch=2,
+    crop=512,
+    lr=1e-4,
+    weight_decay=0.05,
+    warmup_iterations=1500,
+    channels=512,
+    num_classes=150,
+    eval_mode="slide",
+    eval_stride=341,
+    checkpoint_every=4000,
+    keep_last=3,
+    log_every=50,
+    num_workers=8,
+)
 PROBE_FULL: Layer = dict(epochs=90, global_batch=4096, base_lr=0.1, weight_decay=0.0, num_workers=10)
 
-# Ablations of Table 1 run ViT-B at pretraining batch 2048 for 50k (1a) or 100k (1b-1e) steps.
-ABLATION_STEPS = {"1a": 50_000, "1b": 100_000, "1c": 100_000, "1d": 100_000, "1e": 100_000}
+
+# What each stage's SLURM job asks for at full scale. The stage's shape (nodes, GPUs per node) is the preset's
+# unless launcher.stages says otherwise; everything else in launcher.slurm (the cluster's partition, time limit,
+# memory...) wins over these defaults (stage_resources). The GPU stages: one task per GPU, CPUs for the loader's
+# workers and the main process; segmentation's batch 16 is 2 per GPU on 8 GPUs; the probe runs one process: one
+# GPU. Times: a common partition limit (24 h) with requeues enough for the estimate (`nepa plan` checks they
+# suffice); --requeue, without which a cluster set to JobRequeue=0 refuses the requeue at the time limit.
+REQUEUE = {"requeue": True}
+GPU_NODE = dict(nodes=1, gpus_per_node=8, cpus_per_task=12, mem_gb=480, time_min=1440, extra_sbatch=REQUEUE)
+CPU_JOB = dict(nodes=1, gpus_per_node=0, cpus_per_task=4, mem_gb=64, time_min=60, extra_sbatch=REQUEUE)
+FULL_SCALE_RESOURCES: dict[str, Layer] = {
+    "prepare": dict(CPU_JOB, cpus_per_task=32, time_min=1440),  # decoding and writing 1.3M images
+    "pretrain": dict(GPU_NODE, max_timeouts=20),  # ViT-L: ~5 days on 8 GPUs
+    "export": CPU_JOB,  # a ZeRO checkpoint into one file
+    "finetune": dict(GPU_NODE, max_timeouts=10),
+    "probe": dict(GPU_NODE, gpus_per_node=1, mem_gb=128),  # features of 1.3M images in memory
+    "segment": dict(GPU_NODE, max_timeouts=10),
+    "report": dict(CPU_JOB, mem_gb=16),
+}
+SHAPE = ("nodes", "gpus_per_node")  # what a stage's work decides, not the cluster
 
 
-def full_scale(recipe: str, size: str) -> Layer:
-    """The paper-scale recipe of `recipe` for ViT-B or ViT-L, as a params layer."""
+def stage_resources(slurm: Layer) -> dict[str, Layer]:
+    """launcher.stages at full scale: each stage's preset with the user's launcher.slurm over it, but for SHAPE."""
+    cluster = {key: value for key, value in slurm.items() if key not in SHAPE}
+    extra = cluster.get("extra_sbatch", {})
+    return {
+        verb: {**p, **cluster, "extra_sbatch": {**p["extra_sbatch"], **extra}}
+        for verb, p in FULL_SCALE_RESOURCES.items()
+    }
+
+
+def full_scale(recipe: str, size: str, slurm: Layer | None = None) -> Layer:
+    """The paper-scale recipe of `recipe` for ViT-B or ViT-L, as a params layer; `slurm`: the user's
+    launcher.slurm (see stage_resources)."""
     if size not in ("base", "large"):
         raise UserError(f"scale full runs the paper's ViT-B or ViT-L: set model.size to base or large, not {size!r}")
     return {
@@ -83,28 +146,54 @@ def full_scale(recipe: str, size: str) -> Layer:
         "finetune": {**FINETUNE_COMMON, **FINETUNE[recipe, size]},
         "segment": {**SEGMENT_COMMON, **SEGMENT[size]},
         "probe": PROBE_FULL,
+        "launcher": {"stages": stage_resources(slurm or {})},
     }
 
 
 def recipe_knobs(recipe: str, size: str) -> Layer:
-    """The knobs where the paper and the official code disagree (PAPER.md "Decisions"), at any scale."""
+    """The knobs where the paper and the official code disagree (docs/paper.md "Decisions"), at any scale."""
     if recipe == "paper":
-        return {"model": {"mlp": "swiglu", "qk_norm_affine": False}, "finetune": {"layer_decay_ramp": True}}
-    # Official: GeLU 4x MLP; learnable QK-Norm in the L pretraining config; fixed layer decay.
-    return {"model": {"mlp": "gelu", "qk_norm_affine": size == "large"}, "finetune": {"layer_decay_ramp": False}}
+        # The RoPE coordinate rescale is the official code's; the paper does not describe it.
+        model = {"mlp": "swiglu", "qk_norm_affine": False, "rope_rescale": None}
+        return {"model": model, "finetune": {"layer_decay_ramp": True, "qk_norm_affine": False}}
+    # Official: GeLU 4x MLP; learnable QK-Norm in the L pretraining config and both fine-tune configs; the
+    # rescale; fixed layer decay.
+    model = {"mlp": "gelu", "qk_norm_affine": size == "large", "rope_rescale": 2.0}
+    return {"model": model, "finetune": {"layer_decay_ramp": False, "qk_norm_affine": True}}
+
+
+# ---- the experiment plan: variants, their schedules and what they are compared with ---------------------------
+
+# Table 1's pretrainings are their own runs at batch 2048: 50k steps (1a) or 100k (1b-1e). An epoch of
+# ImageNet-1K train at batch 2048 is 1,281,167 // 2048 = 625 optimizer steps (the engine drops the last partial
+# batch), so 80 and 160 epochs are 50k and 100k steps, with the cosine ending at the last step. The paper gives no
+# warm-up for them: they keep the full ViT-B schedule's share, 40 of 1600 epochs (1/40).
+IMAGENET_TRAIN = 1_281_167
+ABLATION_BATCH = 2048
+ABLATION_STEPS = {"1a": 50_000, "1b": 100_000, "1c": 100_000, "1d": 100_000, "1e": 100_000}
+WARMUP_SHARE = 40 / 1600
+
+
+def steps_per_epoch(global_batch: int) -> int:
+    """Optimizer steps in one epoch of ImageNet-1K train at `global_batch`."""
+    return IMAGENET_TRAIN // global_batch
 
 
 def ablation_schedule(table: str) -> Layer:
-    """Full-scale schedule of an ablation row: batch 2048, 50k or 100k steps."""
-    return {"pretrain": {"global_batch": 2048, "max_steps": ABLATION_STEPS[table]}}
+    """Full-scale pretraining schedule of a Table 1 sub-table: batch 2048, warm-up and cosine over its steps."""
+    epochs = ABLATION_STEPS[table] / steps_per_epoch(ABLATION_BATCH)
+    return {"pretrain": {"global_batch": ABLATION_BATCH, "epochs": epochs, "warmup_epochs": epochs * WARMUP_SHARE}}
 
-
-# ---- ablation variants (Table 1), by name: params layers applied over params.yaml ---------------
 
 _NO_BUNDLE = {"layerscale": False, "rope": False, "mlp": "gelu", "qk_norm": False}
 
+# Variants by name: each a params layer applied over params.yaml. Order matters once: at reduced scale a variant
+# runs as the first one that means the same there (stand_in below).
 ABLATIONS: dict[str, Layer] = {
     "nepa": {},
+    # the full-NEPA baselines of Table 1, on the ablations' schedules (at reduced scale: `nepa`)
+    "nepa_50k": {},
+    "nepa_100k": {},
     # 1a: the objective's switches
     "no_shift": {"objective": {"shift": False}},
     "no_causal": {"objective": {"causal": False}},
@@ -118,14 +207,68 @@ ABLATIONS: dict[str, Layer] = {
     # 1c: input-embedding masking
     "mask_40": {"objective": {"mask_ratio": 0.4}},
     "mask_60": {"objective": {"mask_ratio": 0.6}},
-    # 1d / 1e: fine-tuning choices
-    "ft_patch_embed_trained": {"finetune": {"freeze_patch_embed": False}},
+    # fine-tuning choices: Table 2's causal row (full schedule), 1e's (100k steps), 1d
     "ft_causal": {"finetune": {"attention": "causal"}},
-    # appendix: GeLU instead of SwiGLU
+    "ft_causal_100k": {"finetune": {"attention": "causal"}},
+    "ft_patch_embed_trained": {"finetune": {"freeze_patch_embed": False}},
+    # appendix: GeLU instead of SwiGLU, full schedule
     "gelu": {"model": {"mlp": "gelu"}},
 }
+# At scale full, the variants pretrained on a Table 1 schedule, and that sub-table (the others: the full schedule).
 ABLATION_TABLE = {
-    "no_shift": "1a", "no_causal": "1a", "no_stop_grad": "1a",
-    "plain_vit": "1b", "ls": "1b", "ls_rope": "1b", "ls_rope_swiglu": "1b", "ls_rope_qknorm": "1b",
-    "mask_40": "1c", "mask_60": "1c", "ft_patch_embed_trained": "1d", "ft_causal": "1e",
-}  # fmt: skip
+    "nepa_50k": "1a",
+    "no_shift": "1a",
+    "no_causal": "1a",
+    "no_stop_grad": "1a",
+    "nepa_100k": "1b",
+    "plain_vit": "1b",
+    "ls": "1b",
+    "ls_rope": "1b",
+    "ls_rope_swiglu": "1b",
+    "ls_rope_qknorm": "1b",
+    "mask_40": "1c",
+    "mask_60": "1c",
+    "ft_patch_embed_trained": "1d",
+    "ft_causal_100k": "1e",
+}
+# Fine-tune-only variants change nothing before fine-tuning: they fine-tune this variant's pretrained model.
+PRETRAINED_BY = {"ft_causal": "nepa", "ft_causal_100k": "nepa_100k", "ft_patch_embed_trained": "nepa_100k"}
+# What `snakemake ablations` runs by default: Table 1 and the appendix (their baselines come with them).
+ABLATION_VARIANTS = (
+    "no_shift",
+    "no_causal",
+    "no_stop_grad",
+    "plain_vit",
+    "ls",
+    "ls_rope",
+    "ls_rope_swiglu",
+    "ls_rope_qknorm",
+    "mask_40",
+    "mask_60",
+    "ft_patch_embed_trained",
+    "ft_causal_100k",
+    "gelu",
+)
+
+
+def pretrained_by(variant: str) -> str:
+    """The variant whose pretraining (and export) `variant` fine-tunes: itself unless it is fine-tune-only."""
+    return PRETRAINED_BY.get(variant, variant)
+
+
+def pretraining_source(variant: str, full: bool) -> str:
+    """The variant whose pretraining and export a run of `variant` starts from, at full or reduced scale."""
+    source = pretrained_by(variant)
+    return source if full else stand_in(source)
+
+
+def stand_in(variant: str) -> str:
+    """The variant that runs in `variant`'s place at reduced scale, where Table 1's schedules do not apply: the
+    first variant with the same change and the same stand-in pretraining (nepa_100k -> nepa,
+    ft_causal_100k -> ft_causal)."""
+
+    def key(name: str) -> tuple[Layer, str | None]:
+        source = pretrained_by(name)
+        return ABLATIONS[name], None if source == name else stand_in(source)
+
+    return next(name for name in ABLATIONS if key(name) == key(variant))

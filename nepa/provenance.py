@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from nepa.config import Params
+from nepa.files import atomic_write_text
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -32,10 +33,17 @@ def params_hash(params: Params) -> str:
     return hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
+# Edited as the README says (params.yaml, and the DVC remote rendered from it): recorded as params
+# (params_sha256), so they do not make the code "-dirty".
+PARAMS_FILES = ("params.yaml", ".dvc/config")
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        code = [":(top)", *(f":(top,exclude){name}" for name in PARAMS_FILES)]
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", *code]
+        dirty = subprocess.run(status, capture_output=True, text=True)
         return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -76,6 +84,7 @@ def write_metrics(
             "recipe": params.recipe,
             "variant": params.variant,
             "size": params.model.size,
+            "seed": params.seed,
             "params_sha256": params_hash(params),
             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
             "git_commit": git_commit(),
@@ -86,8 +95,4 @@ def write_metrics(
             **extra,
         },
     }
-    path = folder / "metrics.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2) + "\n")

@@ -5,7 +5,8 @@ validation (nepa/config.py: launcher.stages names stages), so that neither impor
 
 A verb's module defines `main(args)`, or `main(args, params)` when the verb reads params (the CLI adds
 --params/--set/--size/--variant and resolves them first), and `add_arguments(parser)` when it takes
-arguments of its own. A stage may run as a SLURM job: under `launcher.kind: submitit` the CLI submits it
+arguments of its own; two verbs may share a module (and its add_arguments), the second under another
+`function` than `main`. A stage may run as a SLURM job: under `launcher.kind: submitit` the CLI submits it
 (nepa/launch.py) instead of calling `main` here.
 """
 
@@ -20,6 +21,7 @@ class Verb:
     help: str
     stage: bool = False  # a pipeline stage: runs as a SLURM job under launcher.kind submitit
     params: bool = True  # main(args, params): the CLI resolves params first
+    function: str = "main"  # the module's function that runs the verb (two verbs may share a module)
 
 
 VERBS: dict[str, Verb] = {
@@ -33,10 +35,16 @@ VERBS: dict[str, Verb] = {
     "finetune": Verb("nepa.eval.finetune", "ImageNet-style classification fine-tuning", stage=True),
     "probe": Verb("nepa.eval.probe", "linear probe on frozen features (last and mean embedding)", stage=True),
     "segment": Verb("nepa.eval.segment", "ADE20K-style semantic segmentation with a UperNet head", stage=True),
-    "report": Verb("nepa.report", "our numbers beside the paper's: tables, curves, maps", stage=True),
+    "report": Verb("nepa.report.build", "our numbers beside the paper's: tables, curves, maps", stage=True),
     "import-official": Verb("nepa.official", "convert a released SixAILab checkpoint to nepa files", params=False),
     "params": Verb("nepa.config", "print the resolved params (presets, variant and --set applied)"),
     # Reads params its own way (the full-scale recipe of each size): it takes the params arguments itself.
     "estimate": Verb("nepa.estimate", "GPU-hours and wall time of each stage of a full reproduction", params=False),
+    "plan": Verb(
+        "nepa.estimate",
+        "every job of the DAG: schedule, batch, GPUs, GPU-hours; audited",
+        params=False,
+        function="plan_main",
+    ),
 }
 STAGES = frozenset(name for name, verb in VERBS.items() if verb.stage)

@@ -1,6 +1,6 @@
 """A real one-node SLURM on localhost for the tests: munged, slurmctld and slurmd, all state in one temp folder.
 
-The settings are the ones checked on this kind of machine (/work/shared/notes/machine.md): no cgroups, no
+The settings are the ones that work in a container without systemd or cgroup delegation: no cgroups, no
 accounting (job state comes from squeue), the node's CPUs and memory from the machine. Every daemon runs in the
 foreground as a child of the test process and is stopped by its pid; nothing system-wide is touched (own munge
 socket, own ports), so two clusters can run side by side. Needs root and Debian's slurm-wlm + munge.

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from nepa.cli import main as nepa_main
+from nepa.config import add_params_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def test_a_stage_under_submitit_is_submitted(workdir: Path, capsys: pytest.Captu
         ),
         ("pretrain", "pretrain.micro_batch=0", "pretrain.micro_batch: Input should be greater than 0"),
         ("pretrain", "pretrain.epochs=0", "pretrain.epochs: Input should be greater than 0"),
-        ("pretrain", "pretrain.base_lr=-1e-3", "pretrain.base_lr: Input should be greater than 0"),
+        ("pretrain", "pretrain.base_lr=-1e-3", "pretrain.base_lr: Input should be greater than or equal to 0"),
         ("pretrain", "pretrain.ema_decay=1.5", "pretrain.ema_decay: Input should be less than 1"),
         ("pretrain", "pretrain.crop_scale=[0,1]", "pretrain.crop_scale.0: Input should be greater than 0"),
         ("pretrain", "pretrain.max_steps=0", "pretrain.max_steps: Input should be greater than 0"),
@@ -100,3 +101,21 @@ def test_global_batch_fits_the_slurm_tasks_of_its_stage(tmp_path: Path, capsys: 
         "SLURM tasks (launcher) = 1024; change one so that gradient accumulation is a whole number"
     )
     assert nepa_main(["params", "--params", str(params), "--set", "pretrain.global_batch=1024"]) == 0
+
+
+def test_one_list_of_model_sizes() -> None:
+    """nepa.config.SIZES is the list: the CLI's --size, the models timm registers and the workflow's size
+    wildcard follow it."""
+    import timm
+
+    import nepa.models  # noqa: F401  (registers the models)
+    from nepa.cli import build_parser
+    from nepa.config import SIZES
+
+    _, subparsers = build_parser()
+    parser = subparsers["pretrain"]
+    add_params_arguments(parser)
+    size = next(a for a in parser._actions if a.dest == "size")
+    assert list(size.choices) == list(SIZES)
+    assert sorted(timm.list_models("nepa_*")) == sorted(s.timm_name for s in SIZES.values())
+    assert 'size="|".join(SIZES)' in (ROOT / "workflow/rules/common.smk").read_text()

@@ -51,7 +51,7 @@ def test_plan_and_warmup_cosine() -> None:
     assert factors[:5] == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert all(a >= b for a, b in itertools.pairwise(factors[4:])) and factors[-1] < 0.01
     assert warmup_cosine(25, 5, 25) == 0.0
-    with pytest.raises(UserError, match="fewer than one optimizer step"):
+    with pytest.raises(UserError, match="the global batch is larger than the training data"):
         plan(1, 0, None, batches_per_epoch=3, accumulation=4)
 
 

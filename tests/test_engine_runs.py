@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import timm
 import torch
-import torch.utils.cpp_extension
 from safetensors.torch import load_file
 
 from nepa.cli import main as nepa_main
+from nepa.engine import distributed
 from nepa.engine.checkpoint import EMA_FILE, PARTIAL, latest_checkpoint, online_weights, read_state, tag
 from nepa.engine.faults import EXIT_INJECTED
 from nepa.engine.signals import EXIT_REQUEUE
@@ -126,6 +126,10 @@ def test_pretrain_then_export_loads_in_timm(root: Path, tmp_path: Path) -> None:
     assert (folder(tmp_path, "tiny-mask_40") / "metrics.json").is_file()
     assert nepa_main(arguments(root, tmp_path, "export", "variant=mask_40")) == 0  # no process group: in here
     export = tmp_path / "tiny-mask_40" / "export"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (export / "model.safetensors", latest_checkpoint(folder(tmp_path, "tiny-mask_40") / "checkpoints")):
+        assert path.stat().st_mode & 0o666 == 0o666 & ~umask  # a lab's group reads them (not mkstemp's 0600)
     model = timm.create_model("nepa_tiny_patch4_32", pretrained=str(export / "model.safetensors"))
     assert model.mask_token is not None
     online, ema = final(tmp_path, "tiny-mask_40")
@@ -139,10 +143,14 @@ def test_pretrain_then_export_loads_in_timm(root: Path, tmp_path: Path) -> None:
     assert identical(state, {k: v for k, v in online.items() if k != "mask_token"})
 
 
-def test_a_build_lock_left_by_a_killed_run_does_not_hang_the_next(root: Path, tmp_path: Path) -> None:
+def test_a_build_lock_left_by_a_killed_run_does_not_hang_the_next(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """torch guards the JIT build of DeepSpeed's CPU op with a plain `lock` file: a run killed mid-build leaves
     it behind, and DeepSpeed alone then waits on it forever (a CI run hung so). The next run clears it."""
-    built = Path(torch.utils.cpp_extension._get_build_directory("deepspeed_shm_comm", verbose=False))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(distributed.extensions_root()))  # build_cpu_comm_op sets it
+    distributed.build_cpu_comm_op()  # as this environment's runs build it (a no-op once built)
+    built = distributed.extensions_root() / "deepspeed_shm_comm"
     extensions = tmp_path / "torch_extensions"
     shutil.copytree(built, extensions / built.name)  # the op as built, so that its load is a no-op build
     (extensions / built.name / "lock").touch()

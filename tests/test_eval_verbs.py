@@ -107,7 +107,7 @@ def test_reported_number_follows_the_rule_in_params() -> None:
 
 
 def test_default_taps_are_beit_and_mae_blocks() -> None:
-    # PAPER.md: "B: 3/5/7/11-style, L: 7/11/15/23-style, 0-based", the last block included
+    # docs/paper.md, segment.taps: B 3/5/7/11, L 7/11/15/23 (0-based), the last block included
     assert default_taps(12) == (3, 5, 7, 11) and default_taps(24) == (7, 11, 15, 23)
     assert default_taps(6) == (1, 2, 3, 5) and default_taps(4) == (0, 1, 2, 3)
 

@@ -3,6 +3,7 @@ ablation switches, sizes, heads."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import AttentionRope, RotaryEmbeddingDinoV3
 
 import nepa.models  # noqa: F401  (registers the timm names)
 from nepa.models import NepaConfig, NepaViT, save_model_file
-from nepa.models.nepa_vit import apply_rope, patch_center_coords, rope_cos_sin
+from nepa.models.nepa_vit import Attention, Rope2D, apply_rope, patch_center_coords, rope_cos_sin
 from nepa.objectives import Objective, next_embedding_loss, pretrain_loss, random_patch_mask
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_hidden_dim=64)
@@ -76,15 +78,20 @@ def test_stop_grad_stops_gradients_into_targets() -> None:
     assert out.target.requires_grad
 
 
+def _rope(head_dim: int, grid: int, num_prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    periods = Rope2D(NepaConfig(embed_dim=head_dim, num_heads=1)).periods
+    return rope_cos_sin(patch_center_coords(grid, grid), periods, torch.float32, num_prefix)
+
+
 def test_rope_is_relative() -> None:
     """Shifting every coordinate by the same offset leaves q.k logits unchanged."""
     head_dim, n = 32, 16
-    inv_freq = 1.0 / 100.0 ** torch.arange(0, 1, 4 / head_dim)
-    coords = patch_center_coords(4, 4, torch.device("cpu"))
+    periods = Rope2D(NepaConfig(embed_dim=head_dim, num_heads=1)).periods
+    coords = patch_center_coords(4, 4)
     q, k = torch.randn(1, 1, n, head_dim), torch.randn(1, 1, n, head_dim)
 
     def logits(c: torch.Tensor) -> torch.Tensor:
-        cos, sin = rope_cos_sin(c, inv_freq, torch.float32)
+        cos, sin = rope_cos_sin(c, periods, torch.float32)
         return apply_rope(q, cos, sin) @ apply_rope(k, cos, sin).transpose(-1, -2)
 
     shifted = coords + torch.tensor([0.37, -1.3])
@@ -92,12 +99,44 @@ def test_rope_is_relative() -> None:
     assert not torch.allclose(logits(coords * 1.5), logits(coords), atol=1e-3)  # scaling is not relative
 
 
-def test_rope_skips_the_cls_token() -> None:
-    x = torch.randn(1, 1, 17, 8)
-    cos, sin = rope_cos_sin(patch_center_coords(4, 4, torch.device("cpu")), torch.ones(2), torch.float32)
+def test_rope_skips_the_cls_token_and_rotates_the_textbook_way() -> None:
+    """apply_rope (one swap of halves, the sign in sin, identity rows for the CLS) is rotate-half RoPE."""
+    x = torch.randn(2, 3, 17, 8)
+    cos, sin = _rope(8, 4, num_prefix=1)
     out = apply_rope(x, cos, sin)
     torch.testing.assert_close(out[..., 0, :], x[..., 0, :], atol=0, rtol=0)
-    assert not torch.allclose(out[..., 1:, :], x[..., 1:, :])
+    half_cos, half_sin = cos[1:], sin[1:, 4:]  # the unsigned sines
+    x1, x2 = x[..., 1:, :4], x[..., 1:, 4:]
+    textbook = x[..., 1:, :] * half_cos + torch.cat((-x2, x1), dim=-1) * half_sin.tile(2)
+    torch.testing.assert_close(out[..., 1:, :], textbook, atol=1e-6, rtol=0)
+
+
+def test_rope_table_is_timms_dinov3_table() -> None:
+    """The angles are timm's RotaryEmbeddingDinoV3 (DINOv3's), which the official code follows."""
+    timm_rope = RotaryEmbeddingDinoV3(64, temperature=100.0).eval()
+    sin, cos = timm_rope.get_embed([8, 6]).chunk(2, dim=-1)
+    periods = Rope2D(NepaConfig(embed_dim=64, num_heads=1)).periods
+    ours_cos, ours_sin = rope_cos_sin(patch_center_coords(8, 6), periods, torch.float32)
+    torch.testing.assert_close(ours_cos, cos, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours_sin[:, 32:], sin[:, 32:], atol=1e-6, rtol=0)
+    torch.testing.assert_close(ours_sin[:, :32], -sin[:, :32], atol=1e-6, rtol=0)
+
+
+def test_timm_attention_rope_computes_our_attention() -> None:
+    """timm's AttentionRope, given our weights, matches our Attention (it is kept for speed, not for its math)."""
+    cfg = NepaConfig(embed_dim=64, num_heads=2, qk_norm_affine=True)
+    ours = Attention(cfg).eval()
+    norm = functools.partial(torch.nn.LayerNorm, eps=cfg.norm_eps, bias=False)
+    theirs = AttentionRope(64, 2, qk_norm=True, norm_layer=norm, rotate_half=True, num_prefix_tokens=1).eval()
+    with torch.no_grad():
+        ours.q_norm.weight.uniform_(0.5, 1.5)
+    theirs.load_state_dict(ours.state_dict())
+    cos, sin = _rope(32, 4, num_prefix=1)
+    x = torch.randn(2, 17, 64)
+    with torch.no_grad():
+        expected = ours(x, (cos[:, None], sin[:, None]), causal=True)
+        got = theirs(x, rope=torch.cat((sin[1:, 16:].tile(2), cos[1:]), dim=-1), is_causal=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_shift_switch_compares_the_same_position_without_shift() -> None:
@@ -172,6 +211,30 @@ def test_pretrained_path_round_trip_through_timm(tmp_path: Path) -> None:
     path = save_model_file(model.state_dict(), model.cfg, tmp_path / "m.safetensors")
     loaded = timm.create_model("nepa_tiny_patch4_32", pretrained=str(path), num_classes=10)
     assert loaded.cfg.depth == 2 and loaded.num_classes == 10  # file architecture, caller's head
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_pretrained_cfg_describes_the_input(tmp_path: Path) -> None:
+    """timm's data config of a NEPA model is NEPA's eval view; a file's own image size wins over the name's."""
+    model = timm.create_model("nepa_base_patch14_224")
+    data = timm.data.resolve_data_config(model=model)
+    assert data["input_size"] == (3, 224, 224) and data["mean"] == data["std"] == (0.5, 0.5, 0.5)
+    assert (data["crop_pct"], data["interpolation"], model.pretrained_cfg["num_classes"]) == (0.875, "bicubic", 0)
+    small = timm.create_model("nepa_tiny_patch4_32", img_size=16, depth=1)
+    path = save_model_file(small.state_dict(), small.cfg, tmp_path / "m.safetensors")
+    loaded = timm.create_model("nepa_tiny_patch4_32", pretrained=str(path), num_classes=3)
+    assert loaded.pretrained_cfg["input_size"] == (3, 16, 16) and loaded.pretrained_cfg["file"] == str(path)
+    assert loaded.pretrained_cfg["num_classes"] == 3
+
+
+def test_files_with_the_former_swiglu_names_still_load(tmp_path: Path) -> None:
+    """Before the MLPs came from timm, SwiGLU's layers were `gate` and `fc1` (now fc1_g and fc1_x)."""
+    model = timm.create_model("nepa_tiny_patch4_32", depth=1, mlp_gated=True, mlp_act="silu")
+    old = {k.replace("fc1_g", "gate").replace("fc1_x", "fc1"): v for k, v in model.state_dict().items()}
+    assert "blocks.0.mlp.gate.weight" in old and "blocks.0.mlp.fc1.weight" in old
+    path = save_model_file(old, model.cfg, tmp_path / "old.safetensors")
+    loaded = timm.create_model("nepa_tiny_patch4_32", pretrained=str(path))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, atol=0, rtol=0)
 

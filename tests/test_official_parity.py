@@ -82,7 +82,8 @@ def _outputs(folder: Path, pixels: torch.Tensor) -> torch.Tensor:
     model = NepaViT(cfg).eval()
     torch.manual_seed(0)
     model.reset_classifier(5, zero_init=False)
-    model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(key.startswith(("head.", "fc_norm.")) for key in missing), (missing, unexpected)
     with torch.no_grad():
         return torch.cat([model.forward_features(pixels).flatten(1), model(pixels)], dim=1)
 
@@ -111,6 +112,19 @@ def test_every_math_field_is_honoured(
     pixels = expected["pixel_values"]
     # tanh-GeLU moves outputs by ~1e-5 only; anything ignored would move them by exactly 0
     assert (_outputs(folder, pixels) - _outputs(FIXTURE, pixels)).abs().max() > 1e-6
+
+
+def test_gated_checkpoint_round_trips(tmp_path: Path) -> None:
+    """SwiGLU's up_proj / gate_proj land in timm's fc1_x / fc1_g and go back to their official names."""
+    folder = _with_config(tmp_path, "gated", use_gated_mlp=True, hidden_act="silu")
+    state, cfg = read_official(folder)
+    assert {"blocks.0.mlp.fc1_x.weight", "blocks.0.mlp.fc1_g.weight"} <= set(state)
+    NepaViT(cfg).load_state_dict(state)  # strict
+    write_official(state, cfg, tmp_path / "out")
+    original = load_file(str(folder / "model.safetensors"))
+    written = load_file(str(tmp_path / "out" / "model.safetensors"))
+    assert written.keys() == original.keys()
+    assert all(torch.equal(written[key], original[key]) for key in original)
 
 
 def test_classification_variant_imports_head(tmp_path: Path, expected: dict[str, torch.Tensor]) -> None:

@@ -1,4 +1,4 @@
-"""params.yaml validation and the full-scale presets against PAPER.md's recipes (quoted beside each check)."""
+"""params.yaml validation and the full-scale presets against the paper's recipes (docs/paper.md, quoted)."""
 
 from __future__ import annotations
 
@@ -78,10 +78,12 @@ def test_model_sizes_are_the_papers() -> None:
 
 def test_ablations_run_at_table_1_scale(tmp_path: Path) -> None:
     # "Ablations, ViT-B, pretraining batch 2048 ... 1a, 50k steps ... 1b, 100k steps"
+    # their own schedules: 1,281,167 // 2048 = 625 steps per epoch, the cosine ending at the last step
     p = full(tmp_path, "paper", "base", "no_causal")
-    assert (p.pretrain.global_batch, p.pretrain.max_steps, p.objective.causal) == (2048, 50_000, False)
+    assert (p.pretrain.global_batch, p.pretrain.epochs, p.pretrain.max_steps) == (2048, 80, None)
+    assert p.objective.causal is False and p.pretrain.epochs * (1_281_167 // 2048) == 50_000
     p = full(tmp_path, "paper", "base", "mask_40")
-    assert (p.pretrain.max_steps, p.objective.mask_ratio) == (100_000, 0.4)
+    assert (p.pretrain.epochs * 625, p.objective.mask_ratio) == (100_000, 0.4)
     assert full(tmp_path, "paper", "base", "no_stop_grad").objective.stop_grad is False
     assert "no_shift" in ABLATIONS and "plain_vit" in ABLATIONS
 

@@ -3,6 +3,7 @@ the `slurm` fixture) where it counts, with a stand-in sbatch where only the gene
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -65,6 +67,16 @@ def wait_for(ready, timeout_s: float, what: str) -> None:
 # ---- without a cluster ------------------------------------------------------------------------
 
 
+def stand_in_sbatch(bin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An sbatch that takes any job (as job 4242) and an srun never meant to run, first on PATH: submitit then
+    writes its job script as for a real cluster."""
+    bin_dir.mkdir()
+    for name, body in (("sbatch", "echo Submitted batch job 4242"), ("srun", "exit 1")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
 def test_nepa_launcher_environment_variable_is_a_params_layer(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_params().launcher.kind == "local"
     monkeypatch.setenv("NEPA_LAUNCHER", "submitit")
@@ -90,12 +102,7 @@ def test_stage_resources_reach_the_job_script_two_nodes_of_eight_gpus(
 ) -> None:
     """The multi-node path is the single-node one with other numbers: submitit's own job script for
     2 nodes x 8 GPUs, written by its executor (a stand-in sbatch accepts it)."""
-    bin_dir = workdir / "bin"
-    bin_dir.mkdir()
-    for name, body in (("sbatch", "echo Submitted batch job 4242"), ("srun", "exit 1")):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    stand_in_sbatch(workdir / "bin", monkeypatch)
     (workdir / "params.yaml").write_text(
         "launcher:\n  kind: submitit\n"
         "  slurm: {partition: h100, account: nepa, cpus_per_task: 16, mem_gb: 900, time_min: 240,\n"
@@ -184,6 +191,23 @@ def test_stopping_the_waiting_verb_cancels_its_job(slurm, workdir: Path) -> None
     wait_for(lambda: slurm.job_state(job_id) == "CANCELLED", 60, "cancelled job")
 
 
+@contextlib.contextmanager
+def running_prepare(folder: Path, *args: str) -> Iterator[tuple[subprocess.Popen, Path, str]]:
+    """`nepa prepare embedded` of 12,000 images (long enough to interrupt) as a SLURM job, from `folder`, once the
+    job is writing: (the waiting verb, its stderr file, the job id); the verb is stopped on the way out."""
+    log = folder / "outer.err"
+    command = ["prepare", "embedded", *SUBMITIT, *SMALL_DATA, "--set", "data.embedded_images=[10000,2000]", *args]
+    with log.open("w") as err:
+        outer = subprocess.Popen([sys.executable, "-m", "nepa.cli", *command], stderr=err)
+    try:
+        wait_for(lambda: "logs:" in log.read_text(), 60, "submission")
+        job_id, _, stderr_log = submitted(log.read_text())
+        wait_for(lambda: stderr_log.exists() and "embedded imagenet" in stderr_log.read_text(), 120, "progress")
+        yield outer, log, job_id
+    finally:
+        outer.kill()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("interrupt", "by"),
@@ -195,19 +219,10 @@ def test_preempted_stage_is_requeued_and_completes(slurm, workdir: Path, interru
     send_user_signal: submitit requeues the job) or is requeued by SLURM (SIGTERM, as at a preemption with
     PreemptMode=REQUEUE); the waiting verb follows the requeued run and exits 0 when it is done. `nepa
     prepare` keeps no partial work, so the requeued run starts it again."""
-    log = workdir / "outer.err"
-    args = ["prepare", "embedded", *SUBMITIT, *SMALL_DATA, "--set", "data.embedded_images=[10000,2000]"]
-    with log.open("w") as err:
-        outer = subprocess.Popen([sys.executable, "-m", "nepa.cli", *args], stderr=err)
-    try:
-        wait_for(lambda: "logs:" in log.read_text(), 60, "submission")
-        job_id, _, stderr_log = submitted(log.read_text())
-        wait_for(lambda: stderr_log.exists() and "embedded imagenet" in stderr_log.read_text(), 120, "progress")
+    with running_prepare(workdir) as (outer, log, job_id):
         slurm.cmd(*interrupt, job_id)
         slurm.release(job_id)
         assert outer.wait(timeout=300) == 0, log.read_text()
-    finally:
-        outer.kill()
     text = log.read_text()
     # submitit's handler and SLURM, in the job log that the verb streamed
     assert by in text and f"JOB {job_id} ON {slurm.node} CANCELLED" in text and "DUE TO JOB REQUEUE" in text, text
@@ -223,6 +238,8 @@ PRETRAIN_RUN = [
     "pretrain.log_every=1", "pretrain.checkpoint_every=4", "pretrain.num_workers=0",
     # two SLURM tasks on the node's two CPUs: ranks and rendezvous come from submitit's job environment
     "launcher.kind=submitit", "launcher.processes=2", "launcher.slurm.cpus_per_task=1", "launcher.slurm.mem_gb=4",
+    # params check every stage's batch against the 2 SLURM tasks, not only pretrain's
+    "finetune.global_batch=128", "segment.global_batch=16",
 ]  # fmt: skip
 
 
@@ -313,7 +330,9 @@ def test_snakemake_profile_slurm_runs_every_stage_as_a_slurm_job(slurm, tmp_path
     start = time.monotonic()
     out = snakemake_with_slurm_profile(work, tmp_path)
     assert out.returncode == 0, out.stderr[-5000:]
-    jobs = re.findall(r"nepa (\w+): submitted SLURM job (\d+)", out.stderr)
+    # each rule's output is in its log under logs/
+    logs = "".join(log.read_text() for log in sorted((work / "logs").rglob("*.log")))
+    jobs = re.findall(r"nepa (\w+): submitted SLURM job (\d+)", logs)
     assert len(jobs) == 9 and {verb for verb, _ in jobs} == STAGE_VERBS, jobs  # 3 prepare + 6 single stages
     for verb, job_id in jobs:  # submitit's job folders, under the run folder
         assert (work / f"runs/slurm/{verb}/{job_id}/{job_id}_0_result.pkl").exists(), (verb, job_id)

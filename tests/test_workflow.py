@@ -1,4 +1,4 @@
-"""Snakemake and DVC are two views of one pipeline (nepa/pipeline.py): same stages, edges and commands."""
+"""Snakemake and DVC are two views of one pipeline (nepa/pipeline.py): same stages, edges, commands and inputs."""
 
 from __future__ import annotations
 
@@ -31,58 +31,80 @@ def test_rendered_files_are_current() -> None:
         assert path.read_text() == text, f"{path} is stale: run `python -m nepa.pipeline`"
 
 
-def snakemake_jobs(cwd: Path = ROOT) -> tuple[dict[str, str], set[tuple[str, str]]]:
-    """(job -> shell command, edges) of Snakemake's default target, jobs named like DVC's (rule@size-variant).
+Jobs = tuple[dict[str, str], set[tuple[str, str]], dict[str, set[str]]]
+
+
+def snakemake_jobs(cwd: Path = ROOT, *targets: str) -> Jobs:
+    """(job -> shell command, edges, job -> input paths) of Snakemake's `targets` (default: the default one),
+    jobs named like DVC's (rule@size-variant, rule@size-variant-sSEED where runs are per seed). A command's
+    redirection of its output into its log under logs/ is checked and taken off: that is where Snakemake keeps a
+    stage's output, while DVC shows it on the terminal.
 
     --forceall: the whole DAG, whatever outputs already exist (DVC's dag lists every stage too)."""
-    names, commands = {}, {}
-    for block in run("snakemake", "-n", "-p", "--forceall", "--cores", "1", cwd=cwd).split("\nrule ")[1:]:
+    names, commands, inputs = {}, {}, {}
+    for block in run("snakemake", "-n", "-p", "--forceall", "--cores", "1", *targets, cwd=cwd).split("\nrule ")[1:]:
         rule = block.split(":", 1)[0]
         jobid = int(re.search(r"jobid: (\d+)", block)[1])
-        wildcards = re.search(r"wildcards: size=(\w+), variant=(\w+)", block)
-        names[jobid] = f"{rule}@{wildcards[1]}-{wildcards[2]}" if wildcards else rule
+        wildcards = re.search(r"wildcards: size=(\w+), variant=(\w+)(?:, seed=(\d+))?", block)
+        seed = f"-s{wildcards[3]}" if wildcards and wildcards[3] else ""
+        names[jobid] = job = f"{rule}@{wildcards[1]}-{wildcards[2]}{seed}" if wildcards else rule
         shell = re.search(r"Shell command: (.+)", block)
         if shell and shell[1].strip() != "None":  # `all` is Snakemake's target rule, not a stage: it has no command
-            commands[names[jobid]] = shell[1].strip()
-    dag = json.loads(run("snakemake", "--d3dag", "--forceall", "--cores", "1", cwd=cwd))
+            log = re.search(r"^    log: (\S+)$", block, re.MULTILINE)
+            assert log and log[1].startswith("logs/") and log[1].endswith(".log"), (job, block)
+            command, redirect, rest = shell[1].strip().partition(f" > {log[1]} 2>&1")
+            assert redirect and not rest, (job, shell[1])
+            commands[job] = command
+            listed = re.search(r"^    input: (.+)$", block, re.MULTILINE)
+            inputs[job] = set(listed[1].split(", ")) if listed else set()
+    dag = json.loads(run("snakemake", "--d3dag", "--forceall", "--cores", "1", *targets, cwd=cwd))
     edges = {(names[e["u"]], names[e["v"]]) for e in dag["edges"]}
-    return commands, {(a, b) for a, b in edges if a in commands and b in commands}
+    return commands, {(a, b) for a, b in edges if a in commands and b in commands}, inputs
 
 
-def dvc_jobs(cwd: Path = ROOT) -> tuple[dict[str, str], set[tuple[str, str]]]:
+DVC_LISTING = """
+from dvc.dependency import ParamsDependency
+from dvc.repo import Repo
+for s in Repo(".").index.stages:
+    deps = [d.def_path for d in s.deps if not isinstance(d, ParamsDependency)]
+    print(s.addressing, "|", s.cmd, "|", ",".join(deps))
+"""
+
+
+def dvc_jobs(cwd: Path = ROOT) -> Jobs:
+    """(stage -> command, edges, stage -> dependency paths, params aside) of dvc.yaml."""
     dot = run("dvc", "dag", "--dot", cwd=cwd)
     edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', dot))
-    listing = run(
-        sys.executable,
-        "-c",
-        "from dvc.repo import Repo\nfor s in Repo('.').index.stages: print(s.addressing, '|', s.cmd)",
-        cwd=cwd,
-    )
-    commands = dict(line.split(" | ", 1) for line in listing.strip().splitlines() if " | " in line)
-    return commands, edges
+    rows = [line.split(" | ") for line in run(sys.executable, "-c", DVC_LISTING, cwd=cwd).strip().splitlines()]
+    commands = {name: cmd for name, cmd, _ in rows}
+    deps = {name: set(filter(None, paths.split(","))) for name, _, paths in rows}
+    return commands, edges, deps
 
 
 def test_snakemake_and_dvc_build_the_same_dag() -> None:
-    snake_commands, snake_edges = snakemake_jobs()
-    dvc_commands, dvc_edges = dvc_jobs()
+    """The same commands, edges and inputs: a change of an input or a command re-runs the same stages in both
+    (the nepa code is an input of neither: nepa/pipeline.py says why)."""
+    snake_commands, snake_edges, snake_inputs = snakemake_jobs()
+    dvc_commands, dvc_edges, dvc_deps = dvc_jobs()
     assert snake_commands == dvc_commands
     assert snake_edges == dvc_edges
+    assert snake_inputs == dvc_deps
     assert ("pretrain@tiny-nepa", "export@tiny-nepa") in dvc_edges
+    assert dvc_deps["finetune@tiny-nepa"] == {"runs/tiny-nepa/export", "data/shards/imagenet"}
 
 
 def test_dag_grows_with_sizes_and_variants(tmp_path: Path) -> None:
     """Both tools expand the per-model stages over params' sizes x variants the same way."""
-    for name in ("Snakefile", "workflow", "nepa", ".dvc", ".dvcignore", "pyproject.toml"):
+    for name in ("workflow", "nepa", ".dvc", ".dvcignore", "pyproject.toml"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
     text = (ROOT / "params.yaml").read_text().replace("variants: [nepa]", "variants: [nepa, no_stop_grad]")
     (tmp_path / "params.yaml").write_text(text)
     run("git", "init", "-q", cwd=tmp_path)
     run(sys.executable, "-m", "nepa.pipeline", str(tmp_path), cwd=tmp_path)
-    snake_commands, snake_edges = snakemake_jobs(tmp_path)
-    dvc_commands, dvc_edges = dvc_jobs(tmp_path)
-    assert snake_commands == dvc_commands and snake_edges == dvc_edges
-    assert "pretrain@tiny-no_stop_grad" in dvc_commands
+    dvc = dvc_jobs(tmp_path)
+    assert snakemake_jobs(tmp_path) == dvc
+    assert "pretrain@tiny-no_stop_grad" in dvc[0]
 
 
 @pytest.mark.parametrize("target", ["embedded", "ablations"])

@@ -29,8 +29,10 @@ in the manifest.
 
 Resume: each shard carries in its Parquet metadata a fingerprint of what it holds (source paths, sizes and
 modification times, labels, re-encode setting). A re-run keeps the shards whose fingerprint matches and
-writes the others, each to a temporary name renamed into place when whole; manifest.json is removed before
-any shard is rewritten and written last, so one exists only beside a complete, matching set of shards.
+writes the others into .staging/, each whole or not at all. Only when every shard of every split is written are
+the new ones renamed into place (manifest.json removed just before, written last), so a run that fails midway
+(a bad file, a full disk, a signal) leaves the previous manifest and shards as they were, readable, and its
+staged shards are taken as they are by the next run.
 
 Re-encoding (data.reencode_max_side / --reencode-max-side, off by default): images whose long side exceeds
 N are shrunk to N (bicubic) and stored as JPEG quality REENCODE_QUALITY, masks resized to match (nearest);
@@ -40,10 +42,12 @@ the setting is part of the manifest and of every shard's fingerprint.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -54,11 +58,13 @@ from PIL import Image
 
 from nepa.data.parallel import run_parallel
 from nepa.errors import UserError
+from nepa.files import atomic_path, atomic_write_text
 
 FORMAT = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
 REENCODE_QUALITY = 90
 MANIFEST = "manifest.json"
+STAGING = ".staging"  # new shards wait here until the whole set is written
 SPLITS = {"imagenet": ("train", "val"), "ade20k": ("training", "validation")}
 SKIP_HINT = "or re-run with --skip-bad to leave it out and record it in the manifest"
 
@@ -101,8 +107,10 @@ class Plan:
 
 
 def _images(folder: Path) -> list[os.DirEntry[str]]:
-    return sorted((e for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
-                  key=lambda e: e.name)  # fmt: skip
+    return sorted(
+        (e for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
+        key=lambda e: e.name,
+    )
 
 
 def _stamp(path: os.DirEntry[str] | Path) -> tuple[int, int]:
@@ -226,11 +234,17 @@ def read_item(item: Item, max_side: int | None) -> dict[str, object]:
         mask = Path(item.mask).read_bytes()
         m, mask_size = _check(item.mask, mask)
         if m.format != "PNG" or m.mode not in ("L", "P"):
-            raise BadFile(item.mask, f"annotation is {m.format} mode {m.mode}, not a PNG of class indices (mode L)",
-                          "re-export it as an 8-bit PNG")  # fmt: skip
+            raise BadFile(
+                item.mask,
+                f"annotation is {m.format} mode {m.mode}, not a PNG of class indices (mode L)",
+                "re-export it as an 8-bit PNG",
+            )
         if mask_size != size:
-            raise BadFile(item.mask, f"annotation is {mask_size[0]}x{mask_size[1]} but its image is "
-                          f"{size[0]}x{size[1]}", "re-export it at the image's size")  # fmt: skip
+            raise BadFile(
+                item.mask,
+                f"annotation is {mask_size[0]}x{mask_size[1]} but its image is {size[0]}x{size[1]}",
+                "re-export it at the image's size",
+            )
         row["mask"] = mask
     if max_side is not None and max(size) > max_side:
         scale = max_side / max(size)
@@ -257,7 +271,7 @@ def schema(dataset: str) -> pa.Schema:
 
 
 def write_shard(task: ShardTask) -> dict[str, object]:
-    """Check and write one shard (temp name, then rename); returns its manifest entry and its skipped files."""
+    """Check and write one shard (whole or not at all); returns its manifest entry and its skipped files."""
     problems, rows = Problems(task.skip_bad), []
     for item in task.items:
         try:
@@ -266,9 +280,8 @@ def write_shard(task: ShardTask) -> dict[str, object]:
             problems.report(e.path, e.reason, e.fix)
     meta = {"nepa.fingerprint": task.fingerprint, "nepa.skipped": json.dumps(problems.skipped)}
     table = pa.Table.from_pylist(rows, schema=schema(task.dataset).with_metadata(meta))
-    tmp = task.path.with_name(task.path.name + ".tmp")
-    pq.write_table(table, tmp, row_group_size=1, compression="none", use_dictionary=False, write_statistics=False)
-    os.replace(tmp, task.path)
+    with atomic_path(task.path) as tmp:
+        pq.write_table(table, tmp, row_group_size=1, compression="none", use_dictionary=False, write_statistics=False)
     return {**shard_entry(task.path, table.num_rows), "skipped": problems.skipped}
 
 
@@ -306,29 +319,47 @@ def write_dataset(plan: Plan, out: Path, *, images_per_shard: int, max_side: int
         raise UserError(f"data.images_per_shard must be at least 1, not {images_per_shard}")
     if max_side is not None and max_side < 1:
         raise UserError(f"data.reencode_max_side / --reencode-max-side must be at least 1 px, not {max_side}")
-    write, keep = [], []
+    staging = out / STAGING
+    write, keep, staged, stale = [], [], [], []
     for split, items in plan.splits.items():
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         n = max(1, -(-len(items) // images_per_shard))
-        for stale in folder.iterdir():  # temp files of an interrupted run, shards beyond this plan
-            part = stale.name.removeprefix("part-").split(".")[0]
-            if stale.name.endswith(".tmp") or (part.isdigit() and int(part) >= n):
-                stale.unlink()
+        for path in folder.iterdir():  # shards beyond this plan: removed when the new set is complete
+            part = path.name.removeprefix("part-").split(".")[0]
+            if path.name.endswith(".tmp") or (part.isdigit() and int(part) >= n):
+                stale.append(path)
         for k in range(n):
             chunk = items[k * images_per_shard : (k + 1) * images_per_shard]
-            task = ShardTask(plan.name, folder / f"part-{k:05d}.parquet", chunk, fingerprint(chunk, max_side), max_side,
-                             plan.problems[split].skip_bad)  # fmt: skip
-            (keep if current_fingerprint(task.path) == task.fingerprint else write).append(task)
-    if write:
-        (out / MANIFEST).unlink(missing_ok=True)
+            name = f"{split}/part-{k:05d}.parquet"
+            task = ShardTask(
+                plan.name, staging / name, chunk, fingerprint(chunk, max_side), max_side, plan.problems[split].skip_bad
+            )
+            if current_fingerprint(out / name) == task.fingerprint:
+                keep.append(dataclasses.replace(task, path=out / name))
+            else:  # a shard staged by a run that failed later is taken as it is
+                (keep if current_fingerprint(task.path) == task.fingerprint else write).append(task)
+                staged.append(name)
     entries = {}
     jobs = [(t, len(t.items)) for t in write]
     for entry in run_parallel(write_shard, jobs, workers=workers, desc=f"{plan.name} shards", unit="img"):
         entries[entry["file"]] = entry
-    for entry in run_parallel(kept_shard, [(t.path, len(t.items)) for t in keep], workers=workers,
-                              desc=f"{plan.name} kept shards (sha256)", unit="img"):  # fmt: skip
+    for entry in run_parallel(
+        kept_shard,
+        [(t.path, len(t.items)) for t in keep],
+        workers=workers,
+        desc=f"{plan.name} kept shards (sha256)",
+        unit="img",
+    ):
         entries[entry["file"]] = entry
+    # Every shard is whole: swap the new ones in. Until here the previous manifest and shards were untouched.
+    if staged or stale:
+        (out / MANIFEST).unlink(missing_ok=True)
+    for name in staged:
+        os.replace(staging / name, out / name)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
     manifest = {
         "dataset": plan.name,
         "format": FORMAT,
@@ -343,19 +374,22 @@ def write_dataset(plan: Plan, out: Path, *, images_per_shard: int, max_side: int
         shards = sorted((e for f, e in entries.items() if f.startswith(f"{split}/")), key=lambda e: e["file"])
         skipped = plan.problems[split].skipped + [s for e in shards for s in e.pop("skipped")]
         manifest["splits"][split] = {"rows": sum(e["rows"] for e in shards), "shards": shards, "skipped": skipped}
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / MANIFEST)
-    print(f"{out}: wrote {len(write)} shards, kept {len(keep)}; "
-          + ", ".join(f"{s} {v['rows']} rows in {len(v['shards'])} shards ({len(v['skipped'])} skipped)"
-                      for s, v in manifest["splits"].items()))  # fmt: skip
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    print(
+        f"{out}: wrote {len(staged)} shards, kept {len(keep) + len(write) - len(staged)}; "
+        + ", ".join(
+            f"{s} {v['rows']} rows in {len(v['shards'])} shards ({len(v['skipped'])} skipped)"
+            for s, v in manifest["splits"].items()
+        )
+    )
     return manifest
 
 
 SCANS = {"imagenet": scan_imagenet, "ade20k": scan_ade20k}
 
 
-def prepare_shards(dataset: str, src: Path, out: Path, *, images_per_shard: int, max_side: int | None,
-                   skip_bad: bool, workers: int) -> dict:  # fmt: skip
+def prepare_shards(
+    dataset: str, src: Path, out: Path, *, images_per_shard: int, max_side: int | None, skip_bad: bool, workers: int
+) -> dict:
     plan = SCANS[dataset](src, skip_bad)
     return write_dataset(plan, out, images_per_shard=images_per_shard, max_side=max_side, workers=workers)

@@ -5,14 +5,3 @@ source and optionally parameter groups (`nepa.engine.trainer.Task`); `Trainer.fi
 returns the process exit status: 0, `EXIT_REQUEUE` (checkpointed on a preemption signal) or
 `EXIT_NONFINITE` (stopped on a non-finite loss or gradient norm).
 """
-
-from __future__ import annotations
-
-import os
-
-import torch
-
-# DeepSpeed picks its accelerator once, when first asked; on a host without CUDA say "cpu" (gloo) rather
-# than let it probe. Set here so that it holds before any engine module imports deepspeed.
-if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
-    os.environ["DS_ACCELERATOR"] = "cpu"

@@ -13,12 +13,26 @@ atomically after the rename. A run killed at any moment leaves `latest` naming a
 (or absent), and whatever it left half-written or newer than `latest` is removed when the run resumes.
 DeepSpeed's files are torch pickles: they are only ever read from the run's own folder; the files nepa
 reads elsewhere (exported models) are safetensors.
+
+Another number of processes: a checkpoint written by W processes resumes on W' (`Checkpoints.load`). Under
+ZeRO 1-3 DeepSpeed's files hold each rank's partition of the fp32 weights and AdamW moments; they are merged
+into DeepSpeed's universal checkpoint (`.universal/`, one folder per parameter, removed once loaded), from
+which every new rank takes its partition. DeepSpeed's own tool was chosen over resharding the flat partitions
+here: it handles the stages' layouts (and their padding) and resumed ZeRO 1 and 2, W=2 -> 1 and 1 -> 2, to
+within float rounding; a resharder of our own would re-implement those layouts. The EMA is stored whole and
+the schedule counts optimizer steps, so both carry over as they are. ZeRO-3 is refused (`elastic_stages`):
+DeepSpeed 0.19.8's ZeRO-3 universal load gives every parameter group the first group's settings (weight
+decay on the no-decay group) and, even with those put back, its first update after the load differs from an
+uninterrupted run's (seen on a 1 -> 1 round trip), so the run would not be the one it continues.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -27,6 +41,7 @@ from pathlib import Path
 
 import torch
 from deepspeed import DeepSpeedEngine
+from deepspeed.checkpoint import ds_to_universal
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -37,10 +52,13 @@ from nepa.engine import faults, rng
 from nepa.engine.distributed import DistEnv, barrier
 from nepa.engine.ema import Ema
 from nepa.errors import UserError
+from nepa.files import atomic_write_text, fsync
 from nepa.models.weights import atomic_save_safetensors
 
 LATEST = "latest"
 PARTIAL = ".partial"
+UNIVERSAL = ".universal"  # a checkpoint converted for another number of processes, while it is loaded
+ELASTIC_STAGES = (0, 1, 2)  # ZeRO stages whose checkpoints resume on another number of processes (not 3: above)
 EMA_FILE = "ema.safetensors"
 STATE_FILE = "state.json"
 
@@ -77,22 +95,19 @@ def _step_of(path: Path) -> int | None:
     return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)  # directories too: fsync on a folder makes its renames durable
+def _write_error(folder: Path) -> OSError | None:
+    """Why writing into `folder` fails (disk full, quota, permissions), found by writing a probe; None if it works.
+    The half-written checkpoint stays in .partial/, which the next start removes; `latest` is untouched."""
+    probe = folder / ".write-probe"
     try:
-        os.fsync(fd)
+        with open(probe, "wb") as f:
+            f.write(bytes(1 << 20))
+            os.fsync(f.fileno())
+    except OSError as e:
+        return OSError(e.errno, e.strerror, str(folder))
     finally:
-        os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
+        probe.unlink(missing_ok=True)
+    return None
 
 
 def read_state(path: Path) -> TrainState:
@@ -125,6 +140,7 @@ class Checkpoints:
             latest = self.latest()
             newest = _step_of(latest) if latest else -1
             shutil.rmtree(self.folder / PARTIAL, ignore_errors=True)
+            shutil.rmtree(self.folder / UNIVERSAL, ignore_errors=True)
             for path in self.folder.iterdir():
                 if (step := _step_of(path)) is not None and step > newest:
                     shutil.rmtree(path)
@@ -140,7 +156,12 @@ class Checkpoints:
             shutil.rmtree(partial / name, ignore_errors=True)
             (partial / name).mkdir(parents=True)
         barrier()
-        engine.save_checkpoint(str(partial), tag=name, save_latest=False)
+        try:
+            engine.save_checkpoint(str(partial), tag=name, save_latest=False)
+        except RuntimeError as e:  # torch.save reports a failed write without errno or file name
+            if (cause := _write_error(partial / name)) is None:
+                raise
+            raise cause from e
         faults.exit_if_armed("NEPA_EXIT_IN_CHECKPOINT", state.step)
         ema_state = ema.state_dict() if ema is not None else None  # collective under ZeRO-3
         tensors, meta = rng.capture()
@@ -152,9 +173,9 @@ class Checkpoints:
         barrier()
         if self.env.is_main:
             for path in [*(partial / name).iterdir(), partial / name]:
-                _fsync(path)
+                fsync(path)
             os.replace(partial / name, final)
-            _atomic_write_text(self.folder / LATEST, name + "\n")  # also fsyncs the folder: the rename is durable
+            atomic_write_text(self.folder / LATEST, name + "\n")  # also fsyncs the folder: the rename is durable
             self._prune()
             shutil.rmtree(partial)  # with the scripts DeepSpeed copies beside every save
         barrier()
@@ -165,24 +186,56 @@ class Checkpoints:
         for _, path in steps[: -self.keep_last]:
             shutil.rmtree(path)
 
-    def load(self, engine: DeepSpeedEngine, ema: Ema | None, path: Path) -> TrainState:
-        """Restore model, optimizer, scheduler, EMA and this rank's generators from `path`."""
+    def load(self, engine: DeepSpeedEngine, ema: Ema | None, path: Path, seed: int) -> TrainState:
+        """Restore model, optimizer, scheduler, EMA and this rank's generators from `path`.
+
+        Written by another number of processes (see `elastic`), the ZeRO-partitioned state is first merged
+        into DeepSpeed's universal checkpoint, which every rank then takes its new partition of; the engine
+        must have been set up to load that (`deepspeed_config(universal=True)`). A rank that did not exist
+        in the old run starts a fresh generator stream from (seed, rank, step).
+        """
         state = read_state(path)
-        if state.world != self.env.world:
-            raise UserError(
-                f"{path}: written by {state.world} process(es), resumed with {self.env.world}; "
-                f"resume with {state.world}, or start a new run folder"
-            )
-        loaded, _ = engine.load_checkpoint(str(path.parent), tag=path.name, load_lr_scheduler_states=True)
+        source = path
+        universal = state.world != self.env.world and state.zero_stage
+        if universal:
+            source = self._universal(path)
+        loaded, _ = engine.load_checkpoint(str(source.parent), tag=source.name, load_lr_scheduler_states=True)
         if loaded is None:
             raise UserError(f"{path}: DeepSpeed could not load it; remove {self.folder / LATEST} to restart")
         if ema is not None:
             ema.load_state_dict(load_file(path / EMA_FILE))
         rng_file = path / f"rng-rank{self.env.rank}.safetensors"
-        with safe_open(str(rng_file), framework="pt") as f:
-            meta = f.metadata()
-        rng.restore(load_file(rng_file), meta)
+        if rng_file.is_file():
+            with safe_open(str(rng_file), framework="pt") as f:
+                meta = f.metadata()
+            rng.restore(load_file(rng_file), meta)
+        else:
+            rng.seed_all(rng.derived_seed(seed, self.env.rank, state.step))
+        barrier()
+        if self.env.is_main:
+            shutil.rmtree(self.folder / UNIVERSAL, ignore_errors=True)
         return state
+
+    def _universal(self, path: Path) -> Path:
+        """DeepSpeed's universal checkpoint of `path` (every parameter's fp32 weights and optimizer moments,
+        whole), made by rank 0 under checkpoints/.universal/ and removed once loaded; a collective call."""
+        out = self.folder / UNIVERSAL / path.name
+        if self.env.is_main:
+            shutil.rmtree(out.parent, ignore_errors=True)
+            args = argparse.Namespace(
+                input_folder=str(path),
+                output_folder=str(out),
+                num_extract_workers=1,
+                num_merge_workers=1,
+                keep_temp_folder=False,
+                strict=True,
+                inject_missing_state=True,
+            )
+            progress = io.StringIO()  # its progress lines and bars, not the user's business
+            with contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
+                ds_to_universal.main(args)
+        barrier()
+        return out
 
 
 def online_weights(path: Path) -> dict[str, Tensor]:

@@ -10,6 +10,7 @@ The process group is gloo on CPU and NCCL on GPU.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import socket
 import sys
@@ -20,8 +21,12 @@ from pathlib import Path
 import deepspeed
 import torch
 import torch.distributed as dist
-import torch.utils.cpp_extension
-from deepspeed.accelerator import get_accelerator
+from deepspeed.accelerator import get_accelerator, set_accelerator
+from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+from deepspeed.git_version_info import installed_ops
+from deepspeed.ops.op_builder.builder import OpBuilder
+from torch.utils.cpp_extension import get_default_build_root
 
 from nepa.errors import UserError
 
@@ -53,25 +58,54 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def extensions_root() -> Path:
+    """Where torch JIT-builds DeepSpeed's ops: TORCH_EXTENSIONS_DIR when set, else a folder of this Python
+    environment under torch's default root.
+
+    One folder per environment: torch's default is shared by every environment of a user, and each one's
+    build rewrites the op for its own paths, so two environments used in turn rebuild it in turn (minutes).
+    """
+    if "TORCH_EXTENSIONS_DIR" in os.environ:
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    return Path(get_default_build_root()) / f"nepa-{Path(sys.prefix).name.lstrip('.')}-{environment}"
+
+
 def build_cpu_comm_op() -> None:
-    """Build DeepSpeed's CPU shared-memory collectives op once (it is cached), surviving an interrupted build.
+    """Make DeepSpeed's CPU shared-memory collectives op ready before DeepSpeed starts, saying so while it waits
+    or builds; where it cannot be had, DeepSpeed starts without it (plain gloo) after one line saying why.
 
-    The op only speeds up collectives between processes on one host; where it cannot build (no compiler)
-    DeepSpeed is told to go without it rather than fail at start.
-
-    torch's JIT build guards its folder with a plain `lock` file: a build killed part-way (Ctrl-C, a
-    preempted job) leaves it behind, and every later DeepSpeed start on the host then waits on it forever.
-    nepa builds under an flock instead, which the kernel drops when its holder dies; so a `lock` met while
-    holding the flock was left by a dead build and is removed. (A DeepSpeed build started outside nepa at
-    that moment would be raced; builds on a host running nepa go through here.)
+    Prebuilt at install (`DS_BUILD_SHM_COMM=1`, as in the CPU image) DeepSpeed imports it and nothing happens
+    here. Otherwise torch JIT-builds it (~1 min) into extensions_root()/<op>, whose path torch takes from
+    TORCH_EXTENSIONS_DIR, its documented override: nepa sets it for the build. torch guards the folder with a
+    plain `lock` file that a build killed part-way leaves behind, and every later start then waits on it
+    forever; nepa builds under an flock instead, which the kernel drops when its holder dies, so a `lock` met
+    while holding the flock was left by a dead build and is removed. (A DeepSpeed build started outside nepa
+    at that moment would be raced; builds on a host running nepa go through here.)
     """
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):  # as DeepSpeed decides
         return
-    # torch's own rule for the op's folder (TORCH_EXTENSIONS_DIR, else ~/.cache/torch_extensions/pyXY_cpu).
-    folder = Path(torch.utils.cpp_extension._get_build_directory(builder.name, verbose=False))
+    if installed_ops.get(builder.name):
+        return
+    root = extensions_root()
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
+    folder = root / builder.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "nepa.flock").touch()
+    except OSError as error:
+        _start_without(builder, f"{folder}: {error.strerror}; set TORCH_EXTENSIONS_DIR to a writable folder")
+        return
     with open(folder / "nepa.flock", "w") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"nepa: waiting for another process to build DeepSpeed's CPU communication op in {folder}",
+                file=sys.stderr,
+            )
+            fcntl.flock(guard, fcntl.LOCK_EX)
         leftover = folder / "lock"
         if leftover.exists():
             print(f"nepa: removed {leftover}, left by an interrupted DeepSpeed op build", file=sys.stderr)
@@ -81,11 +115,30 @@ def build_cpu_comm_op() -> None:
         try:
             builder.load(verbose=False)
         except Exception as error:  # an optional speed-up: any build failure falls back to gloo
-            # e.g. no C++ compiler (the CPU image): DeepSpeed skips an op marked incompatible.
-            deepspeed.ops.__compatible_ops__[builder.NAME] = False
             reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
-            print(f"nepa: DeepSpeed's CPU communication op did not build ({reason}); collectives use plain gloo "
-                  "(a C++ compiler and ninja build it)", file=sys.stderr)  # fmt: skip
+            _start_without(builder, f"{reason}; a C++ compiler and ninja build it")
+
+
+def _start_without(builder: OpBuilder, reason: str) -> None:
+    """DeepSpeed 0.19.8 has no public switch for this op: its TorchBackend builds it whenever the probe result
+    it caches in `deepspeed.ops.__compatible_ops__` says compatible (the cache is kept so that edits to it
+    persist). Marking the op incompatible there is the one way to have DeepSpeed start without it."""
+    deepspeed.ops.__compatible_ops__[builder.NAME] = False
+    print(
+        f"nepa: DeepSpeed's CPU communication op is not available ({reason}); collectives use plain gloo",
+        file=sys.stderr,
+    )
+
+
+def use_accelerator(cuda: bool) -> None:
+    """DeepSpeed's accelerator for the device nepa runs on, through DeepSpeed's public set_accelerator.
+
+    `import deepspeed` has already picked one by probing (on a host without CUDA the CPU one, logging a line
+    on stdout; `DS_ACCELERATOR=cpu` skips the probe and the line). It is replaced only where the probe found
+    another device than nepa's, e.g. an Apple or Intel GPU that nepa does not train on.
+    """
+    if get_accelerator().device_name() != ("cuda" if cuda else "cpu"):
+        set_accelerator(CUDA_Accelerator() if cuda else CPU_Accelerator())
 
 
 def init(env: DistEnv) -> torch.device:
@@ -105,14 +158,20 @@ def init(env: DistEnv) -> torch.device:
     if cuda:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
+        use_accelerator(cuda)
         if not cuda:
             build_cpu_comm_op()
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
     return torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
 
 
+def several_processes() -> bool:
+    """Whether this process is one of several in a process group (collectives are needed)."""
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if several_processes():
         dist.barrier()
 
 

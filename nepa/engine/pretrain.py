@@ -39,9 +39,10 @@ def stage_folder(params: Params) -> Path:
 def train_split(params: Params) -> Path:
     split = Path(params.data.root) / "shards" / "imagenet" / "train"
     require_file(
-        split.parent / "manifest.json", "prepared ImageNet shards",
+        split.parent / "manifest.json",
+        "prepared ImageNet shards",
         "run `nepa prepare embedded && nepa prepare imagenet` (embedded scale) or `nepa prepare imagenet`",
-    )  # fmt: skip
+    )
     return split
 
 
@@ -52,9 +53,11 @@ def images_loss(model: models.NepaViT, batch: tuple[Tensor, Tensor], objective: 
 
 def build_model(params: Params) -> models.NepaViT:
     return models.create(
-        params.model.timm_name, **params.model.architecture(), drop_path=params.pretrain.drop_path,
+        params.model.timm_name,
+        **params.model.architecture(),
+        drop_path=params.pretrain.drop_path,
         mask_token=params.objective.mask_ratio > 0,  # input-embedding masking (Table 1c) needs the learned token
-    )  # fmt: skip
+    )
 
 
 def main(args: argparse.Namespace, params: Params) -> int:
@@ -67,6 +70,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
     loader: dict[str, Any] = dict(
         batch_size=p.micro_batch, rank=env.rank, world=env.world, seed=params.seed, num_workers=p.num_workers,
         verify=params.data.verify_shards, image_size=model.cfg.img_size, crop_scale=p.crop_scale,
+        decode=params.data.decode, device=device,  # images arrive on the device, normalised there
     )  # fmt: skip
     task = Task(
         model=model,
@@ -84,15 +88,23 @@ def main(args: argparse.Namespace, params: Params) -> int:
     }
     folder = stage_folder(params)
     cfg = TrainConfig.from_section(
-        p, folder=folder, seed=params.seed, name="nepa pretrain", card=card,
+        p,
+        folder=folder,
+        seed=params.seed,
+        name="nepa pretrain",
+        card=card,
         resume_key=resume_key(params, ("model", "objective", "pretrain"), data_sha256),
-    )  # fmt: skip
+    )
     status = Trainer(cfg, task, env, device).fit()
     if status == 0 and env.is_main:
         last = pd.read_csv(folder / "metrics.csv").iloc[-1]
         write_metrics(
-            folder, "pretrain", {"final_loss": float(last["loss"]), "steps": int(last["step"])}, params,
-            checkpoint=latest_checkpoint(folder / "checkpoints") / EMA_FILE, seconds=float(last["wall_s"]),
-        )  # fmt: skip
+            folder,
+            "pretrain",
+            {"final_loss": float(last["loss"]), "steps": int(last["step"])},
+            params,
+            checkpoint=latest_checkpoint(folder / "checkpoints") / EMA_FILE,
+            seconds=float(last["wall_s"]),
+        )
     distributed.shutdown()
     return status

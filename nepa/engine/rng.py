@@ -20,6 +20,11 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def derived_seed(*parts: int) -> int:
+    """A seed for a stream identified by several integers (e.g. seed, rank, step), independent of the others."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
 def capture() -> tuple[dict[str, Tensor], dict[str, str]]:
     version, py_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -31,19 +36,28 @@ def capture() -> tuple[dict[str, Tensor], dict[str, str]]:
     if torch.cuda.is_available():
         tensors["cuda"] = torch.cuda.get_rng_state()
     meta = {
-        "python_version": str(version), "python_gauss": repr(gauss),
-        "numpy_kind": kind, "numpy_pos": str(pos), "numpy_has_gauss": str(has_gauss), "numpy_cached": repr(cached),
-    }  # fmt: skip
+        "python_version": str(version),
+        "python_gauss": repr(gauss),
+        "numpy_kind": kind,
+        "numpy_pos": str(pos),
+        "numpy_has_gauss": str(has_gauss),
+        "numpy_cached": repr(cached),
+    }
     return tensors, meta
 
 
 def restore(tensors: dict[str, Tensor], meta: dict[str, str]) -> None:
     gauss = None if meta["python_gauss"] == "None" else float(meta["python_gauss"])
     random.setstate((int(meta["python_version"]), tuple(tensors["python"].tolist()), gauss))
-    np.random.set_state((
-        meta["numpy_kind"], tensors["numpy"].numpy().astype(np.uint32), int(meta["numpy_pos"]),
-        int(meta["numpy_has_gauss"]), float(meta["numpy_cached"]),
-    ))  # fmt: skip
+    np.random.set_state(
+        (
+            meta["numpy_kind"],
+            tensors["numpy"].numpy().astype(np.uint32),
+            int(meta["numpy_pos"]),
+            int(meta["numpy_has_gauss"]),
+            float(meta["numpy_cached"]),
+        )
+    )
     torch.set_rng_state(tensors["torch"])
     if "cuda" in tensors:
         torch.cuda.set_rng_state(tensors["cuda"])

@@ -19,6 +19,8 @@ def peak_lr(base_lr: float, global_batch: int) -> float:
 
 def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
     """Micro-batches per process and optimizer step; the global batch must be a whole number of them."""
+    if global_batch < 1 or micro_batch < 1:
+        raise UserError(f"global_batch {global_batch} and micro_batch {micro_batch} must both be at least 1")
     per_step = micro_batch * world
     if global_batch % per_step:
         raise UserError(
@@ -38,16 +40,27 @@ class Plan:
     stop_step: int  # where this run stops: total_steps, or max_steps if smaller
 
 
-def plan(epochs: float, warmup_epochs: float, max_steps: int | None, batches_per_epoch: int, accumulation: int) -> Plan:
+def plan(
+    epochs: float,
+    warmup_epochs: float,
+    max_steps: int | None,
+    batches_per_epoch: int,
+    accumulation: int,
+    steps: int | None = None,
+    warmup_steps: int | None = None,
+) -> Plan:
+    """The schedule's length from `epochs` (pretraining, fine-tuning), or from `steps` where a recipe counts
+    optimizer steps (segmentation's iterations); warm-up likewise."""
     steps_per_epoch = batches_per_epoch // accumulation
     if steps_per_epoch < 1:
         raise UserError(
-            f"an epoch has {batches_per_epoch} micro-batches per process, fewer than one optimizer step needs "
-            f"({accumulation}); use a smaller global_batch or more data"
+            f"the global batch is larger than the training data: one optimizer step takes {accumulation} "
+            f"micro-batch(es) per process, an epoch has {batches_per_epoch}; lower global_batch or prepare more data"
         )
-    total = max(1, round(epochs * steps_per_epoch))
+    total = max(1, steps if steps is not None else round(epochs * steps_per_epoch))
+    warmup = warmup_steps if warmup_steps is not None else round(warmup_epochs * steps_per_epoch)
     stop = total if max_steps is None else min(total, max_steps)
-    return Plan(steps_per_epoch, total, min(total, round(warmup_epochs * steps_per_epoch)), stop)
+    return Plan(steps_per_epoch, total, min(total, warmup), stop)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

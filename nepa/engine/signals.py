@@ -1,4 +1,5 @@
 """Preemption: SIGTERM, SIGUSR1 or SIGUSR2 -> a checkpoint at the next step boundary, then EXIT_REQUEUE.
+(Before training starts, the CLI's handler stops the verb at once: nepa/stopping.py.)
 
 Who sends them: SLURM sends SIGTERM when it preempts or cancels a job (SIGKILL follows after its grace
 time), and the signal of `--signal=SIG@SECONDS` ahead of the time limit (submitit asks for USR2 90 s
@@ -32,8 +33,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-EXIT_REQUEUE = 75
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+from nepa.engine.distributed import several_processes
+from nepa.stopping import EXIT_REQUEUE, PREEMPTION_SIGNALS, stop
+
+__all__ = ["EXIT_REQUEUE", "Preemption", "shield_workers"]
 
 
 class Preemption:
@@ -48,7 +51,7 @@ class Preemption:
         self.received = signum
 
     def __enter__(self) -> Preemption:
-        if dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() != "gloo":
+        if several_processes() and dist.get_backend() != "gloo":
             self._group = dist.new_group(backend="gloo")  # agree on CPU, without touching the GPU stream
         for sig in PREEMPTION_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._record)
@@ -60,16 +63,17 @@ class Preemption:
 
     def agreed(self) -> int:
         """The signal any rank received (0 if none): every rank must call this at the same step."""
-        if not (dist.is_initialized() and dist.get_world_size() > 1):
+        if not several_processes():
             return self.received
         flag = torch.tensor([self.received])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return int(flag.item())
 
     def hand_over(self, signum: int) -> None:
-        """After the checkpoint: call the handler that was there before ours (submitit's), if it is a function."""
+        """After the checkpoint: call the handler that was there before ours (submitit's), if it is a function
+        other than the CLI's start-up one (nepa.stopping), whose work the checkpoint has just done."""
         previous = self._previous.get(signum)
-        if callable(previous):
+        if callable(previous) and previous is not stop:
             previous(signum, None)
 
 

@@ -23,13 +23,14 @@ from typing import Any
 
 import deepspeed
 import torch
+import torch.distributed as dist
 from pydantic import BaseModel
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from nepa.engine import faults, rng
-from nepa.engine.checkpoint import Checkpoints, TrainState, read_state
-from nepa.engine.distributed import DistEnv
+from nepa.engine.checkpoint import ELASTIC_STAGES, Checkpoints, TrainState, read_state
+from nepa.engine.distributed import DistEnv, several_processes
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
@@ -45,8 +46,6 @@ class TrainConfig:
     """What the engine needs from a stage's params section (pretrain, finetune, ...)."""
 
     folder: Path  # the stage's run folder: checkpoints/ and metrics.csv go here
-    epochs: float
-    warmup_epochs: float
     global_batch: int
     micro_batch: int
     base_lr: float
@@ -58,6 +57,10 @@ class TrainConfig:
     keep_last: int
     log_every: int
     seed: int
+    epochs: float = 0.0
+    warmup_epochs: float = 0.0
+    steps: int | None = None  # the schedule's length in optimizer steps, where a recipe counts them (not epochs)
+    warmup_steps: int | None = None
     max_steps: int | None = None
     zero_stage: int = 2
     precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
@@ -116,7 +119,8 @@ def resolve_precision(precision: str) -> str:
     return ("bf16" if torch.cuda.is_available() else "fp32") if precision == "auto" else precision
 
 
-def deepspeed_config(cfg: TrainConfig, accumulation: int) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainConfig, accumulation: int, universal: bool = False) -> dict[str, Any]:
+    """`universal`: the checkpoint to resume is DeepSpeed's universal one (written by another world size)."""
     # bf16 is torch autocast over fp32 weights (the official code's HF `bf16=True`), not DeepSpeed's bf16
     # weights: the optimizer, the EMA and the checkpoints all see fp32 weights at every precision.
     return {
@@ -128,6 +132,7 @@ def deepspeed_config(cfg: TrainConfig, accumulation: int) -> dict[str, Any]:
         "torch_autocast": {"enabled": resolve_precision(cfg.precision) == "bf16", "dtype": "bfloat16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**62,  # our metrics replace DeepSpeed's periodic prints
+        "checkpoint": {"load_universal": universal},
     }
 
 
@@ -141,11 +146,46 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+class NonFiniteGuard:
+    """The NaN guard without a host sync per step: the first step whose loss or gradient norm was not finite
+    is kept on the device and read back only where the loop must know (a metrics row, a checkpoint, an
+    evaluation), before anything of that step is written: all ranks agree on it there (a collective call)."""
+
+    NONE = 2**62
+
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), self.NONE, dtype=torch.int64, device=device)
+
+    def note(self, step: int, loss_sum: Tensor, grad_norm: Tensor | float) -> None:
+        """`loss_sum`: the losses since the last read (non-finite from a bad step on); `grad_norm`: this step's."""
+        if isinstance(grad_norm, Tensor):
+            bad = ~(torch.isfinite(loss_sum) & torch.isfinite(grad_norm))
+        else:  # already on the host: no sync to check it
+            bad = ~torch.isfinite(loss_sum) | (not math.isfinite(grad_norm))
+        torch.minimum(self.first, torch.where(bad, step, self.NONE), out=self.first)
+
+    def first_bad(self) -> int:
+        """The first bad step on any rank, 0 if none; a collective call."""
+        first = self.first.clone()
+        if several_processes():
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        step = int(first.item())
+        return 0 if step == self.NONE else step
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task, env: DistEnv, device: torch.device):
         self.cfg, self.task, self.env, self.device = cfg, task, env, device
         self.accumulation = accumulation_steps(cfg.global_batch, cfg.micro_batch, env.world)
-        self.plan = plan(cfg.epochs, cfg.warmup_epochs, cfg.max_steps, task.batches_per_epoch, self.accumulation)
+        self.plan = plan(
+            cfg.epochs,
+            cfg.warmup_epochs,
+            cfg.max_steps,
+            task.batches_per_epoch,
+            self.accumulation,
+            cfg.steps,
+            cfg.warmup_steps,
+        )
         self.peak_lr = peak_lr(cfg.base_lr, cfg.global_batch)
         groups = task.param_groups or param_groups(task.model, cfg.weight_decay)
         for group in groups:
@@ -153,21 +193,38 @@ class Trainer:
         # CUDA: one fused kernel for every parameter (same update rule); CPU: torch's default, as before
         fused = {"fused": True} if device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=cfg.betas, **fused)
-        lr_factor = functools.partial(
+        lr_factor = self.lr_factor = functools.partial(
             warmup_cosine, warmup_steps=self.plan.warmup_steps, total_steps=self.plan.total_steps
         )
         if task.lr_scale is not None:
             total = self.plan.total_steps
-            lr_factor = [functools.partial(scaled_factor, factor=lr_factor, lr_scale=task.lr_scale, group=group,
-                                           total_steps=total) for group in groups]  # fmt: skip
+            lr_factor = [
+                functools.partial(
+                    scaled_factor, factor=lr_factor, lr_scale=task.lr_scale, group=group, total_steps=total
+                )
+                for group in groups
+            ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env)
+        self.checkpoints.tidy()
+        self.resume = self.checkpoints.latest()
+        written = read_state(self.resume) if self.resume else None
+        universal = written is not None and written.world != env.world and written.zero_stage > 0
+        if universal and written.zero_stage not in ELASTIC_STAGES:
+            raise UserError(
+                f"{self.resume}: written by {written.world} process(es) under ZeRO-{written.zero_stage}, which "
+                f"cannot resume on {env.world} yet (ZeRO 1 and 2 can); resume it with {written.world}"
+            )
         deepspeed.utils.logger.setLevel(logging.WARNING)
         self.engine, *_ = deepspeed.initialize(
-            model=LossModule(task.model, task.loss), optimizer=optimizer, lr_scheduler=scheduler,
-            config=deepspeed_config(cfg, self.accumulation), dist_init_required=False,
-        )  # fmt: skip
+            model=LossModule(task.model, task.loss),
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(cfg, self.accumulation, universal),
+            dist_init_required=False,
+        )
         self.ema = Ema(task.model, cfg.ema_decay) if cfg.ema_decay else None  # after ZeRO-3 partitioned it
-        self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env)
+        self.metrics: MetricsLog | None = None  # rank 0's, from the start of fit()
 
     def _say(self, message: str) -> None:
         if self.env.is_main:  # on a line of its own, not after the progress bar
@@ -175,22 +232,40 @@ class Trainer:
 
     def _start(self) -> TrainState:
         """A fresh state, or the latest checkpoint's with everything restored."""
-        self.checkpoints.tidy()
-        latest = self.checkpoints.latest()
+        latest = self.resume
         if latest is None:
             rng.seed_all(self.cfg.seed + self.env.rank)  # each rank its own stream for masks, drop path...
             return TrainState(
-                world=self.env.world, zero_stage=self.cfg.zero_stage, resume_key=self.cfg.resume_key,
+                world=self.env.world,
+                zero_stage=self.cfg.zero_stage,
+                resume_key=self.cfg.resume_key,
                 card=dict(self.cfg.card),
-            )  # fmt: skip
+            )
         if (key := read_state(latest).resume_key) != self.cfg.resume_key:
             raise UserError(
                 f"{latest}: written with other params or data (key {key[:12]}, now {self.cfg.resume_key[:12]}); "
                 f"restore them, or remove {self.checkpoints.folder} to start over"
             )
-        state = self.checkpoints.load(self.engine, self.ema, latest)
+        state = self.checkpoints.load(self.engine, self.ema, latest, self.cfg.seed)
         state.card = dict(self.cfg.card)  # what changed (if anything) does not change the weights
-        self._say(f"resuming from {latest} (step {state.step})")
+        if state.world == self.env.world:
+            self._say(f"resuming from {latest} (step {state.step})")
+            return state
+        # The same global batches on another world size: step s still takes the permutation's s-th block of
+        # global_batch samples (nepa/data/loaders.py); only how many micro-batches make a step changes.
+        before = self.cfg.global_batch // (self.cfg.micro_batch * state.world)
+        state.batch = state.batch // before * self.accumulation
+        self._say(
+            f"resuming from {latest} (step {state.step}) on {self.env.world} process(es), written by "
+            f"{state.world}: ZeRO-{state.zero_stage} state resharded, gradient accumulation {before} -> "
+            f"{self.accumulation}, same global batches; "
+            + (
+                f"ranks {state.world}..{self.env.world - 1} start new random streams"
+                if self.env.world > state.world
+                else f"the random streams of ranks {self.env.world}..{state.world - 1} end"
+            )
+        )
+        state.world = self.env.world
         return state
 
     def _epoch_batches(self, state: TrainState) -> Iterator[Any]:
@@ -216,25 +291,29 @@ class Trainer:
         """Stage 0 with a torch optimizer: DeepSpeed clips but keeps no norm, so take it before its step."""
         return torch.nn.utils.get_total_norm([p.grad for p in self.engine.module.parameters() if p.grad is not None])
 
-    def _stop_nonfinite(self, step: int, loss: Tensor, grad_norm: float) -> int:
+    def _stop_nonfinite(self, step: int) -> int:
         latest = self.checkpoints.latest()
         self._say(
-            f"stopped at step {step}: non-finite loss ({loss.item()}) or gradient norm ({grad_norm}); "
-            f"nothing of this step was saved, the last good checkpoint is {latest or 'none'} (exit {EXIT_NONFINITE})"
+            f"stopped at step {step}: non-finite loss or gradient norm; nothing of this step was saved, "
+            f"the last good checkpoint is {latest or 'none'} (exit {EXIT_NONFINITE})"
         )
         return EXIT_NONFINITE
 
-    def fit(self) -> int:
+    def _fit(self) -> int:
         cfg, plan_, engine = self.cfg, self.plan, self.engine
         state = self._start()
-        metrics = None
         if self.env.is_main:
-            metrics = MetricsLog(cfg.folder / "metrics.csv", state.step or None, FIELDS + self.task.eval_fields)
-        meter = LossMeter(self.device)
+            self.metrics = MetricsLog(cfg.folder / "metrics.csv", state.step or None, FIELDS + self.task.eval_fields)
+        metrics = self.metrics
+        meter, guard = LossMeter(self.device), NonFiniteGuard(self.device)
         bar = tqdm(
-            total=plan_.stop_step, initial=state.step, disable=not self.env.is_main, desc=cfg.name,
-            dynamic_ncols=True, mininterval=1.0,
-        )  # fmt: skip
+            total=plan_.stop_step,
+            initial=state.step,
+            disable=not self.env.is_main,
+            desc=cfg.name,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         batches: Iterator[Any] | None = None
         stage0 = engine.zero_optimization_stage() == 0
         wall0, t0 = state.wall_s, time.perf_counter()
@@ -252,16 +331,15 @@ class Trainer:
                         stage0_norm = self._unreduced_grad_norm()
                     engine.step()
                     meter.add(loss)
-                # ZeRO 1-3: DeepSpeed's norm, already synced by its own overflow check
-                grad_norm = float(stage0_norm if stage0 else engine.get_global_grad_norm())
-                lr = self.peak_lr * warmup_cosine(state.step, plan_.warmup_steps, plan_.total_steps)
+                # stage 0: a device tensor; ZeRO 1-3: a float, which DeepSpeed's own overflow check has read back
+                grad_norm = stage0_norm if stage0 else engine.get_global_grad_norm()
+                lr = self.peak_lr * self.lr_factor(state.step)
                 state.step += 1
                 state.batch += self.accumulation
                 if state.batch == plan_.steps_per_epoch * self.accumulation:
                     state.epoch, state.batch, batches = state.epoch + 1, 0, None
-                if not math.isfinite(grad_norm):
-                    return self._stop_nonfinite(state.step, loss, grad_norm)
-                if self.ema is not None:
+                guard.note(state.step, meter.total, grad_norm)
+                if self.ema is not None:  # of a bad step too: in memory only, never saved (the guard reads first)
                     self.ema.update()
                 steps_in_row += 1
                 bar.update(1)
@@ -270,16 +348,21 @@ class Trainer:
                 checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == plan_.stop_step or signum
                 eval_due = self.task.evaluate is not None and (state.batch == 0 or state.step == plan_.stop_step)
                 if state.step % cfg.log_every == 0 or checkpoint_due or eval_due:
+                    if bad_step := guard.first_bad():
+                        return self._stop_nonfinite(bad_step)
                     mean_loss = meter.pop_mean()
-                    if not math.isfinite(mean_loss):
-                        return self._stop_nonfinite(state.step, torch.tensor(mean_loss), grad_norm)
                     now = time.perf_counter()
                     state.wall_s = wall0 + now - t0
                     speed = cfg.global_batch * steps_in_row / (now - t_row)
                     row = dict(
-                        step=state.step, epoch=state.step / plan_.steps_per_epoch, loss=mean_loss, lr=lr,
-                        grad_norm=grad_norm, images_per_s=speed, wall_s=state.wall_s,
-                    )  # fmt: skip
+                        step=state.step,
+                        epoch=state.step / plan_.steps_per_epoch,
+                        loss=mean_loss,
+                        lr=lr,
+                        grad_norm=float(grad_norm),
+                        images_per_s=speed,
+                        wall_s=state.wall_s,
+                    )
                     if eval_due:
                         row |= self.task.evaluate(self.ema)
                         now = time.perf_counter()  # the next row's speed leaves the evaluation out
@@ -295,3 +378,11 @@ class Trainer:
                     preemption.hand_over(signum)
                     return EXIT_REQUEUE
         return 0
+
+    def fit(self) -> int:
+        """Train to the plan's stop step; the exit status (module doc)."""
+        try:
+            return self._fit()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()

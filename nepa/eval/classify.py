@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from nepa.engine.distributed import several_processes
+
 
 def correct_topk(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> Tensor:
     """(len(ks),) number of samples whose label is among the k highest logits, for each k."""
@@ -31,7 +33,7 @@ def accuracy(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device:
             logits = model(images)
         counts += torch.cat([correct_topk(logits.float(), labels), counts.new_tensor([len(labels)])])
     model.train(was_training)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if several_processes():
         dist.all_reduce(counts)
     top1, top5, n = counts.tolist()
     return {"top1": 100 * top1 / n, "top5": 100 * top5 / n}

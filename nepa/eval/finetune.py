@@ -48,9 +48,21 @@ def build_model(params: Params, weights: Path | None, num_classes: int) -> NepaV
         params, weights, num_classes=0, causal=f.attention == "causal", pooling=f.pooling, drop_path=f.drop_path
     )
     model.reset_classifier(num_classes, zero_init=True)
+    if f.qk_norm_affine and model.cfg.qk_norm and not model.cfg.qk_norm_affine:
+        learnable_qk_norm(model)
     if f.freeze_patch_embed:  # Table 1d: a frozen patch embedding fine-tunes better (77.4 vs 73.1)
         model.patch_embed.requires_grad_(False)
     return model
+
+
+def learnable_qk_norm(model: NepaViT) -> None:
+    """Give every block's QK-Norm learnable scales, initialised to 1 (the same outputs), as the official fine-tune
+    configs do for a ViT-B pretrained without them; the exported config records it."""
+    cfg = model.cfg
+    for block in model.blocks:
+        for name in ("q_norm", "k_norm"):
+            setattr(block.attn, name, nn.LayerNorm(cfg.head_dim, eps=cfg.norm_eps, bias=cfg.qk_norm_bias))
+    cfg.qk_norm_affine = True
 
 
 def make_mixup(f: FinetuneParams, num_classes: int) -> Mixup | None:
@@ -119,9 +131,7 @@ add_arguments = stage.add_init_args
 
 def main(args: argparse.Namespace, params: Params) -> int:
     f = params.finetune
-    weights = stage.init_weights(params, args.init)
-    train, val = stage.split_dir(params, "imagenet", "train"), stage.split_dir(params, "imagenet", "val")
-    folder = stage.output_folder(params, VERB, args.init, args.out)
+    weights, train, val, folder = stage.inputs(args, params, VERB, "imagenet")
     env = distributed.from_environ()
     device = distributed.init(env)
 
@@ -129,11 +139,13 @@ def main(args: argparse.Namespace, params: Params) -> int:
     model = build_model(params, weights, num_classes)
     loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
                                num_workers=f.num_workers, verify=params.data.verify_shards,
-                               image_size=model.cfg.img_size)  # fmt: skip
-    train_batches = functools.partial(loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment,
-                                      reprob=f.reprob)  # fmt: skip
-    val_batches = functools.partial(loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False,
-                                    crop_ratio=f.eval_crop_ratio)  # fmt: skip
+                               image_size=model.cfg.img_size, decode=params.data.decode)  # fmt: skip
+    train_batches = functools.partial(
+        loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment, reprob=f.reprob
+    )
+    val_batches = functools.partial(
+        loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False, crop_ratio=f.eval_crop_ratio
+    )
     evaluator = Evaluator(model, val_batches, device)
     task = Task(
         model=model,
@@ -148,16 +160,28 @@ def main(args: argparse.Namespace, params: Params) -> int:
     manifest = train.parent / "manifest.json"
     card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
     cfg = TrainConfig.from_section(
-        f, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card,
+        f,
+        folder=folder,
+        seed=params.seed,
+        name=f"nepa {VERB}",
+        card=card,
         resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(manifest)),
-    )  # fmt: skip
+    )
     trainer = Trainer(cfg, task, env, device)
     status = trainer.fit()
     if status == 0:
         scores = evaluator.last or evaluator(trainer.ema)  # a finished run that was only resumed evaluates here
         if env.is_main:
             wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
-            write_metrics(folder, VERB, {**scores, **reported(scores, f.report)}, params, checkpoint=weights,
-                          seconds=wall_s, report=f.report, init=str(weights or stage.RANDOM))  # fmt: skip
+            write_metrics(
+                folder,
+                VERB,
+                {**scores, **reported(scores, f.report)},
+                params,
+                checkpoint=weights,
+                seconds=wall_s,
+                report=f.report,
+                init=str(weights or stage.RANDOM),
+            )
     distributed.shutdown()
     return status

@@ -40,8 +40,12 @@ def param_groups(model: nn.Module, weight_decay: float, prefix: str = "") -> lis
             decay = name not in skip
             key = (ids[name], decay)
             if key not in groups:
-                groups[key] = {"params": [], "weight_decay": weight_decay if decay else 0.0, "layer_id": ids[name],
-                               "num_layers": num_layers}  # fmt: skip
+                groups[key] = {
+                    "params": [],
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "layer_id": ids[name],
+                    "num_layers": num_layers,
+                }
             groups[key]["params"].append(param)
     return [groups[key] for key in sorted(groups)]
 

@@ -17,7 +17,6 @@ Writes {runs}/{size}-{variant}/probe/metrics.json: val top-1/top-5 of each pooli
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from tqdm import tqdm
 from nepa.config import Params, ProbeParams
 from nepa.data.loaders import make_loader, read_split
 from nepa.engine import distributed
+from nepa.engine.schedule import warmup_cosine
 from nepa.eval import stage
 from nepa.eval.classify import correct_topk
 from nepa.models import NepaViT
@@ -39,11 +39,23 @@ POOLINGS = ("last", "mean")
 
 
 @torch.no_grad()
-def extract(model: NepaViT, split: Path, p: ProbeParams, seed: int, verify: bool, device: torch.device
-            ) -> tuple[dict[str, Tensor], Tensor]:  # fmt: skip
+def extract(
+    model: NepaViT, split: Path, p: ProbeParams, seed: int, verify: bool, device: torch.device
+) -> tuple[dict[str, Tensor], Tensor]:
     """({pooling: (N, D) features}, (N,) labels) of a whole split, on the CPU, in the split's stored order."""
-    loader = make_loader("eval", split, batch_size=p.global_batch, rank=0, world=1, seed=seed, epoch=0, verify=verify,
-                         drop_last=False, num_workers=p.num_workers, image_size=model.cfg.img_size)  # fmt: skip
+    loader = make_loader(
+        "eval",
+        split,
+        batch_size=p.global_batch,
+        rank=0,
+        world=1,
+        seed=seed,
+        epoch=0,
+        verify=verify,
+        drop_last=False,
+        num_workers=p.num_workers,
+        image_size=model.cfg.img_size,
+    )
     feats: dict[str, list[Tensor]] = {k: [] for k in POOLINGS}
     labels = []
     for images, y in tqdm(loader, desc=f"nepa probe: features of {split.name}", dynamic_ncols=True):
@@ -72,7 +84,7 @@ def train_linear(x: Tensor, y: Tensor, num_classes: int, p: ProbeParams, seed: i
             if step == total:
                 break
             for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                group["lr"] = lr * warmup_cosine(step, warmup_steps=0, total_steps=total)
             idx = idx.to(device)
             loss = F.cross_entropy(head(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
@@ -94,9 +106,7 @@ add_arguments = stage.add_init_args
 
 def main(args: argparse.Namespace, params: Params) -> int:
     p = params.probe
-    weights = stage.init_weights(params, args.init)
-    train, val = stage.split_dir(params, "imagenet", "train"), stage.split_dir(params, "imagenet", "val")
-    folder = stage.output_folder(params, VERB, args.init, args.out)
+    weights, train, val, folder = stage.inputs(args, params, VERB, "imagenet")
     if distributed.from_environ().rank != 0:
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -24,12 +24,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from nepa.config import Params, SegmentParams
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
 from nepa.engine.checkpoint import resume_key
-from nepa.engine.schedule import accumulation_steps
+from nepa.engine.distributed import several_processes
 from nepa.engine.trainer import Task, TrainConfig, Trainer
 from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
@@ -86,17 +87,25 @@ def predict(model: nn.Module, images: Tensor, s: SegmentParams, num_classes: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], s: SegmentParams, num_classes: int,
-             device: torch.device) -> Tensor:  # fmt: skip
-    """The val confusion matrix of every rank's batches, summed over ranks (a collective call)."""
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    s: SegmentParams,
+    num_classes: int,
+    device: torch.device,
+    progress: bool = False,
+) -> Tensor:
+    """The val confusion matrix of every rank's batches, summed over ranks (a collective call). `progress`: a
+    progress bar (sliding windows at 512 px take minutes even on GPUs)."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for images, masks in batches:
+    bar = tqdm(batches, desc=f"nepa segment: evaluation ({s.eval_mode})", disable=not progress, dynamic_ncols=True)
+    for images, masks in bar:
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             pred = predict(model, images, s, num_classes)
         confusion += confusion_matrix(pred, to_targets(masks), num_classes)
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if several_processes():
         dist.all_reduce(confusion)
     return confusion.cpu()
 
@@ -122,9 +131,7 @@ add_arguments = stage.add_init_args
 
 def main(args: argparse.Namespace, params: Params) -> int:
     s = params.segment
-    weights = stage.init_weights(params, args.init)
-    train, val = stage.split_dir(params, "ade20k", "training"), stage.split_dir(params, "ade20k", "validation")
-    folder = stage.output_folder(params, VERB, args.init, args.out)
+    weights, train, val, folder = stage.inputs(args, params, VERB, "ade20k")
     data_classes = len(read_split(train)[0]["classes"])
     num_classes = s.num_classes or data_classes
     if data_classes > num_classes:
@@ -136,30 +143,39 @@ def main(args: argparse.Namespace, params: Params) -> int:
     loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
                                num_workers=s.num_workers, verify=params.data.verify_shards)  # fmt: skip
     train_batches = functools.partial(loader, "segment_train", train, batch_size=s.micro_batch, crop=s.crop)
-    batches_per_epoch = num_batches(train, batch_size=s.micro_batch, world=env.world)
-    # The engine counts epochs; the segmentation recipe counts iterations (optimizer steps).
-    steps_per_epoch = batches_per_epoch // accumulation_steps(s.global_batch, s.micro_batch, env.world)
     task = Task(
         model=model,
         loss=loss,
         batches=lambda epoch, start: train_batches(epoch=epoch, start_batch=start),
-        batches_per_epoch=batches_per_epoch,
+        batches_per_epoch=num_batches(train, batch_size=s.micro_batch, world=env.world),
         param_groups=layer_decay.param_groups(model, s.weight_decay, prefix="backbone."),
         lr_scale=functools.partial(layer_decay.lr_scale, start=s.layer_decay, ramp=False),
     )
     card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
     cfg = TrainConfig.from_section(
-        s, folder=folder, seed=params.seed, name=f"nepa {VERB}", card=card, ema_decay=None,
+        s,
+        folder=folder,
+        seed=params.seed,
+        name=f"nepa {VERB}",
+        card=card,
+        ema_decay=None,
         base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
-        epochs=s.iterations / max(steps_per_epoch, 1), warmup_epochs=s.warmup_iterations / max(steps_per_epoch, 1),
+        steps=s.iterations,
+        warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
         resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(train.parent / "manifest.json")),
-    )  # fmt: skip
+    )
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:
         eval_batch = s.micro_batch if s.eval_mode == "whole" else 1  # slide: val images differ in size
-        val_batches = loader("segment_eval", val, batch_size=eval_batch, epoch=0, drop_last=False,
-                             patch_size=model.backbone.cfg.patch_size)  # fmt: skip
-        confusion = evaluate(model, val_batches, s, num_classes, device)
+        val_batches = loader(
+            "segment_eval",
+            val,
+            batch_size=eval_batch,
+            epoch=0,
+            drop_last=False,
+            patch_size=model.backbone.cfg.patch_size,
+        )
+        confusion = evaluate(model, val_batches, s, num_classes, device, progress=env.is_main)
         if env.is_main:
             metrics = {f"val_{k}": v for k, v in scores(confusion).items()}
             metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion).items()}

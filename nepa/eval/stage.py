@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from nepa.config import Params
 from nepa.errors import require_file
@@ -22,11 +22,31 @@ PREPARE = {"imagenet": "nepa prepare imagenet", "ade20k": "nepa prepare ade20k"}
 
 def add_init_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--init", metavar="PATH|random",
+        "--init",
+        metavar="PATH|random",
         help="backbone weights: a nepa .safetensors, or 'random' for the from-scratch baseline "
         "(default: the run's export, {runs}/{size}-{variant}/export/model.safetensors)",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default: {runs}/{size}-{variant}/VERB[-random])")
+
+
+class Inputs(NamedTuple):
+    """What a downstream verb starts from, all checked before a process group or a model exists."""
+
+    weights: Path | None  # the backbone's file, None for random initialisation
+    train: Path  # the prepared split folders
+    val: Path
+    folder: Path  # where the verb writes
+
+
+SPLITS = {"imagenet": ("train", "val"), "ade20k": ("training", "validation")}
+
+
+def inputs(args: argparse.Namespace, params: Params, verb: str, dataset: str) -> Inputs:
+    """A downstream verb's backbone (--init), its prepared splits of `dataset`, and its output folder (--out)."""
+    weights = init_weights(params, args.init)
+    train, val = (split_dir(params, dataset, split) for split in SPLITS[dataset])
+    return Inputs(weights, train, val, output_folder(params, verb, args.init, args.out))
 
 
 def run_folder(params: Params) -> Path:
@@ -37,7 +57,8 @@ def init_weights(params: Params, init: str | None) -> Path | None:
     """The model file to start from, checked to exist; None for random initialisation."""
     if init == RANDOM:
         return None
-    path = Path(init) if init else run_folder(params) / "export" / "model.safetensors"
+    # a fine-tune-only variant starts from its baseline's export (params.pretrained_run)
+    path = Path(init) if init else Path(params.runs) / params.pretrained_run / "export" / "model.safetensors"
     fix = "run `nepa pretrain` then `nepa export` for this size and variant, or pass --init PATH (or --init random)"
     return require_file(path, "pretrained model file", fix)
 

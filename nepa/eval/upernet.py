@@ -35,9 +35,11 @@ class FeaturePyramid(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.up4 = nn.Sequential(
-            nn.ConvTranspose2d(dim, dim, 2, stride=2), nn.BatchNorm2d(dim), nn.GELU(),
             nn.ConvTranspose2d(dim, dim, 2, stride=2),
-        )  # fmt: skip
+            nn.BatchNorm2d(dim),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim, dim, 2, stride=2),
+        )
         self.up2 = nn.ConvTranspose2d(dim, dim, 2, stride=2)
         self.down2 = nn.MaxPool2d(2)
 

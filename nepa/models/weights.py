@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +17,21 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from nepa.errors import UserError, require_file
+from nepa.files import atomic_path, atomic_write_text
 from nepa.models.nepa_vit import NepaConfig
 
 CONFIG_KEY = "nepa_config"
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A safetensors file written whole or not at all (nepa.files.atomic_path)."""
+    with atomic_path(path) as tmp:
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # an I/O error, reported as "... (os error 28)": make it an OSError again
+            if (code := re.search(r"os error (\d+)", str(e))) is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def save_model_file(state_dict: dict[str, torch.Tensor], cfg: NepaConfig, path: str | Path, **metadata: str) -> Path:
@@ -60,9 +63,9 @@ def write_model_dir(folder: str | Path, state: dict[str, torch.Tensor], cfg: Nep
     folder = Path(folder)
     config = dataclasses.asdict(cfg)
     save_model_file(state, cfg, folder / "model.safetensors", **card)
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
     lines = [f"# NEPA model ({cfg.embed_dim} wide, {cfg.depth} blocks, patch {cfg.patch_size})", ""]
     lines += [f"- {key}: {value}" for key, value in card.items()]
     lines += ["", "Load with `import nepa.models; timm.create_model(NAME, pretrained='model.safetensors')`.", ""]
-    (folder / "README.md").write_text("\n".join(lines))
+    atomic_write_text(folder / "README.md", "\n".join(lines))
     return folder

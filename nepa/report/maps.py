@@ -2,8 +2,8 @@
 
 Attention maps: the model attends with F.scaled_dot_product_attention, which returns no weights, so they are
 recomputed from the last block's own modules on the input that block received (a forward pre-hook):
-softmax(q k^T / sqrt(head_dim)) with q, k from `attn.qkv`, `q_norm`/`k_norm` and the RoPE angles the block was
-given, under the causal mask where the block ran causally; then averaged over heads.
+softmax(q k^T / sqrt(head_dim)) with q, k from the attention's own `heads()` (QK-Norm, and the RoPE angles the
+block was given), under the causal mask where the block ran causally; then averaged over heads.
 Similarity maps: cos(ẑ_t, z_j) between the prediction at a query token t (of z_{t+1}) and every patch's input
 embedding z_j, the quantity the loss maximises at j = t+1.
 Target similarity: the mean cosine between the input embeddings (the loss's targets) of every two distinct
@@ -27,19 +27,16 @@ from torch import Tensor
 from nepa.data.loaders import make_loader
 from nepa.data.transforms import MEAN, STD
 from nepa.models import NepaViT
-from nepa.models.nepa_vit import Attention, apply_rope
+from nepa.models.nepa_vit import Attention
 from nepa.report.figures import save
 
 
 @torch.no_grad()
 def attention_weights(attn: Attention, x: Tensor, rope: tuple[Tensor, Tensor] | None, causal: bool) -> Tensor:
     """(B, heads, T, T) attention probabilities of `attn` on its input x, as its forward computes them."""
-    B, T, D = x.shape
-    q, k, _ = attn.qkv(x).view(B, T, 3, attn.num_heads, D // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    if rope is not None:
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(D // attn.num_heads)
+    T = x.shape[1]
+    q, k, _ = attn.heads(x, rope)  # as its forward computes them: QK-Norm, RoPE
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if causal:
         scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
     return scores.softmax(dim=-1)

@@ -1,7 +1,8 @@
-"""The paper's numbers (PAPER.md "Numbers to reproduce", Table 1 ablations, baselines) and which run reproduces each.
+"""The paper's numbers (docs/paper.md: Tables 2, 3, 6, Table 1 and the appendix, baselines) and which run fills each.
 
-A row names the variant (nepa/presets.py ABLATIONS) whose run reproduces it, the stage folder and the metrics.json
-key that holds our number. Rows the paper reports as failures carry `outcome` instead of a number.
+A row names the variant (nepa/presets.py ABLATIONS) whose run reproduces it at full scale, the stage folder and
+the metrics.json key that holds our number. Rows the paper reports as failures carry `outcome` instead of a
+number. The rows are also the experiment plan: nepa/plan.py runs what they name (tests/test_plan.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Outcome = Literal["", "fails", "collapses"]
+HEADLINE_TABLES = ("2", "3", "6")
+ABLATION_TABLES = ("1a", "1b", "1c", "1d", "1e", "App.")
 MODEL_NAMES = {"base": "ViT-B", "large": "ViT-L"}
 
 
@@ -41,28 +44,31 @@ ROWS: tuple[PaperRow, ...] = (
     PaperRow("t6-last", "6", "linear probe, last embedding", "nepa", 11.3, "probe", "val_top1_last"),
     PaperRow("t6-mean", "6", "linear probe, mean embedding", "nepa", 14.1, "probe", "val_top1_mean",
              versus="t6-last"),
-    # Table 1: ViT-B, pretraining batch 2048, 50k (1a) or 100k (1b-1e) steps
-    PaperRow("1a-full", "1a", "full NEPA", "nepa", 76.8),
+    # Table 1: ViT-B, pretraining batch 2048, 50k (1a) or 100k (1b-1e) steps; each sub-table's full NEPA is the
+    # baseline run on its schedule (nepa_50k, nepa_100k)
+    PaperRow("1a-full", "1a", "full NEPA", "nepa_50k", 76.8),
     PaperRow("1a-no-shift", "1a", "no AR shift", "no_shift", None, outcome="fails", note="fine-tuning diverges",
              versus="1a-full"),
     PaperRow("1a-no-causal", "1a", "no causal mask", "no_causal", 73.6, versus="1a-full"),
-    PaperRow("1a-no-stop-grad", "1a", "no stop-grad", "no_stop_grad", None, outcome="collapses", note="loss → −1",
-             versus="1a-full"),
+    # a collapse shows in the pretraining loss: no fine-tuning of a collapsed model
+    PaperRow("1a-no-stop-grad", "1a", "no stop-grad", "no_stop_grad", None, "pretrain", "final_loss",
+             outcome="collapses", note="loss → −1", versus="1a-full"),
     PaperRow("1b-plain", "1b", "plain ViT", "plain_vit", 78.2),
     PaperRow("1b-ls", "1b", "+LayerScale", "ls", 77.4, versus="1b-plain"),
     PaperRow("1b-ls-rope", "1b", "+LS +RoPE", "ls_rope", 80.2, versus="1b-ls"),
     PaperRow("1b-swiglu", "1b", "+LS +RoPE +SwiGLU, no QK-Norm", "ls_rope_swiglu", None, outcome="fails",
              note="unstable without QK-Norm", versus="1b-ls-rope"),
     PaperRow("1b-qknorm", "1b", "+LS +RoPE +QK-Norm", "ls_rope_qknorm", 81.1, versus="1b-ls-rope"),
-    PaperRow("1b-all", "1b", "all four (NEPA)", "nepa", 81.3, versus="1b-qknorm"),
-    PaperRow("1c-0", "1c", "input masking 0%", "nepa", 78.2),
+    PaperRow("1b-all", "1b", "all four (NEPA)", "nepa_100k", 81.3, versus="1b-qknorm"),
+    PaperRow("1c-0", "1c", "input masking 0%", "nepa_100k", 78.2),
     PaperRow("1c-40", "1c", "input masking 40%", "mask_40", 76.4, versus="1c-0"),
-    PaperRow("1c-60", "1c", "input masking 60%", "mask_60", 75.7, versus="1c-40"),
+    PaperRow("1c-60", "1c", "input masking 60%", "mask_60", 75.7, versus="1c-0"),
+    PaperRow("1d-frozen", "1d", "patch embedding frozen at fine-tune", "nepa_100k", 77.4),
     PaperRow("1d-trained", "1d", "patch embedding trained at fine-tune", "ft_patch_embed_trained", 73.1,
              versus="1d-frozen"),
-    PaperRow("1d-frozen", "1d", "patch embedding frozen at fine-tune", "nepa", 77.4),
-    PaperRow("1e-bi", "1e", "bidirectional fine-tune attention", "nepa", 82.5),
-    PaperRow("1e-causal", "1e", "causal fine-tune attention", "ft_causal", 81.3, versus="1e-bi"),
+    PaperRow("1e-bi", "1e", "bidirectional fine-tune attention", "nepa_100k", 82.5),
+    PaperRow("1e-causal", "1e", "causal fine-tune attention", "ft_causal_100k", 81.3, versus="1e-bi"),
+    # appendix: ViT-B on the full schedule
     PaperRow("app-swiglu", "App.", "SwiGLU MLP", "nepa", 83.8),
     PaperRow("app-gelu", "App.", "GeLU MLP", "gelu", 83.6, versus="app-swiglu"),
 )

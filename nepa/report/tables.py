@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from nepa.presets import ABLATION_STEPS, ABLATION_TABLE
+from nepa.presets import ABLATION_STEPS, ABLATION_TABLE, pretrained_by, stand_in
 from nepa.report.gather import PRETRAINED, PROVENANCE, RANDOM, RunKey
 from nepa.report.paper import BASELINES, BY_KEY, MODEL_NAMES, ROWS, PaperRow
 from nepa.report.spread import Spread, gap, seeds, verdict
@@ -111,19 +111,25 @@ class Evidence:
 
 
 def size_for(row: PaperRow, ev: Evidence) -> str | None:
-    """The size whose runs fill the row: its own, or for a ViT-B row a reduced-scale stand-in."""
+    """The size whose runs fill the row: its own, or for a ViT-B row a reduced-scale run of its variant's stand-in."""
     candidates = [row.size, *(STAND_INS if row.size == "base" else ())]
-    return next((size for size in candidates if ev.has(size, row.variant)), None)
+    return next((size for size in candidates if ev.has(size, variant_at(row.variant, size, row))), None)
+
+
+def variant_at(variant: str, size: str, row: PaperRow) -> str:
+    """The variant whose runs stand for `variant` in `row` at `size`: itself at the row's own size, else its
+    reduced-scale stand-in (nepa_100k -> nepa)."""
+    return variant if size == row.size else stand_in(variant)
 
 
 def incomparable(row: PaperRow, size: str, ev: Evidence) -> str:
     """Why our value does not compare with the paper's in value ('' when it does)."""
-    scale = ev.scale(size, row.variant)
+    scale = ev.scale(size, variant_at(row.variant, size, row))
     if scale != "full":
         return f"reduced scale ({scale or 'unknown'}, {size} model)"
     if size != row.size:
         return f"{size} model"
-    steps, expected = ev.pretrain_steps(size, row.variant), ABLATION_STEPS.get(row.table)
+    steps, expected = ev.pretrain_steps(size, pretrained_by(row.variant)), ABLATION_STEPS.get(row.table)
     if expected is not None and steps != expected:
         return f"pretrained {steps:g} steps, the paper {expected}"
     if expected is None and row.variant in ABLATION_TABLE:  # at full scale a Table 1 variant gets its schedule
@@ -136,21 +142,29 @@ def paper_number(x: float) -> str:
     return f"{x:.1f}" if round(x, 1) == x else f"{x:.2f}"
 
 
-def ours(row: PaperRow, size: str, ev: Evidence, variant: str | None = None) -> Spread | None:
-    """The row's metric over the seeds of `size` and the row's variant (or `variant`), in the paper's unit."""
-    found = ev.spread(size, variant or row.variant, row.stage, row.metric)
+def ours(row: PaperRow, size: str, ev: Evidence, at: PaperRow | None = None) -> Spread | None:
+    """The row's metric over the seeds of `size` and the row's variant (stood in for as in row `at`), in the
+    paper's unit."""
+    found = ev.spread(size, variant_at(row.variant, size, at or row), row.stage, row.metric)
     return None if found is None else Spread(tuple(v * row.unit for v in found.values), found.seeds)
 
 
+def pretraining(variant: str, size: str, row: PaperRow) -> str:
+    """The variant whose pretraining run (and export) `variant`'s runs in `row` at `size` started from."""
+    return pretrained_by(variant_at(variant, size, row))
+
+
 def _collapse(row: PaperRow, size: str, ref: PaperRow | None, ev: Evidence) -> str:
-    loss, similarity = ev.final_loss(size, row.variant), ev.target_similarity(size, row.variant)
+    variant = pretraining(row.variant, size, row)
+    loss, similarity = ev.final_loss(size, variant), ev.target_similarity(size, variant)
     if loss is None:
         return "ours: no pretraining loss yet"
     collapsed = max(loss.values) <= COLLAPSE_LOSS and similarity is not None
     collapsed = collapsed and min(similarity.values) >= COLLAPSE_SIMILARITY
     text = f"final loss {loss.text(4)}, target similarity {'—' if similarity is None else similarity.text(3)}"
-    if ref is not None and (ref_loss := ev.final_loss(size, ref.variant)) is not None:
-        ref_similarity = ev.target_similarity(size, ref.variant)
+    ref_variant = None if ref is None else pretraining(ref.variant, size, row)
+    if ref_variant is not None and (ref_loss := ev.final_loss(size, ref_variant)) is not None:
+        ref_similarity = ev.target_similarity(size, ref_variant)
         text += (f"; {ref.setting}: {ref_loss.text(4)}, "
                  f"{'—' if ref_similarity is None else ref_similarity.text(3)}")  # fmt: skip
     criterion = f"every seed loss ≤ {COLLAPSE_LOSS} and similarity ≥ {COLLAPSE_SIMILARITY}"
@@ -158,15 +172,16 @@ def _collapse(row: PaperRow, size: str, ref: PaperRow | None, ev: Evidence) -> s
 
 
 def _fails(row: PaperRow, size: str, ref: PaperRow | None, ev: Evidence) -> str:
-    if ev.stopped(size, row.variant, "pretrain") or ev.stopped(size, row.variant, row.stage):
+    variant = variant_at(row.variant, size, row)
+    if ev.stopped(size, pretrained_by(variant), "pretrain") or ev.stopped(size, variant, row.stage):
         return "ours: diverges ✓ (stopped on a non-finite loss, no metrics.json; or still running)"
     notes = []
-    first = ev.first_loss(size, row.variant)
+    first = ev.first_loss(size, pretrained_by(variant))
     if first is not None and max(first.values) <= TRIVIAL_LOSS:
-        ref_first = ev.first_loss(size, ref.variant) if ref else None
+        ref_first = ev.first_loss(size, pretraining(ref.variant, size, row)) if ref else None
         beside = f"; {ref.setting}: {ref_first.text(3)}" if ref and ref_first else ""
         notes.append(f"trivial objective ✓ (loss at the first logged step {first.text(4)}{beside})")
-    mine, theirs = ours(row, size, ev), ours(ref, size, ev) if ref else None
+    mine, theirs = ours(row, size, ev), ours(ref, size, ev, row) if ref else None
     if mine is not None and theirs is not None:
         worse = verdict(gap(mine, theirs), "<")
         notes.append(f"{row.stage} {mine.mean:.2f} vs {ref.setting} {theirs.mean:.2f}: worse {worse}; "
@@ -188,7 +203,7 @@ def direction(row: PaperRow, size: str, ev: Evidence) -> str:
         return ""
     paper_sign = "<" if row.paper < ref.paper else ">" if row.paper > ref.paper else "="
     paper = f"paper {paper_number(row.paper)} {paper_sign} {paper_number(ref.paper)} ({ref.setting})"
-    theirs = ours(ref, size, ev)
+    theirs = ours(ref, size, ev, row)
     if theirs is None:
         return f"{paper} · ours: {ref.setting} {NOT_RUN}"
     observed = gap(mine, theirs)
@@ -230,16 +245,16 @@ def compare(row: PaperRow, ev: Evidence) -> tuple[dict[str, str], str]:
     size = size_for(row, ev)
     if size is None:
         return {**cells, "Ours": NOT_RUN}, "notrun"
-    mine = ours(row, size, ev)
-    cells |= {"Direction": direction(row, size, ev), "Runs": f"{size}-{row.variant}",
-              "Scale": ev.scale(size, row.variant) or ""}  # fmt: skip
+    mine, variant = ours(row, size, ev), variant_at(row.variant, size, row)
+    cells |= {"Direction": direction(row, size, ev), "Runs": f"{size}-{variant}",
+              "Scale": ev.scale(size, variant) or ""}  # fmt: skip
     if mine is None:
-        stopped = ev.stopped(size, row.variant, row.stage)
+        stopped = ev.stopped(size, variant, row.stage)
         missing = f"stopped ({row.stage}: no metrics.json)" if stopped else f"{NOT_RUN} ({row.stage})"
         return {**cells, "Ours": missing}, "notrun"
     why_not = incomparable(row, size, ev)
     delta = f"n/a: {why_not}" if why_not else "—" if row.paper is None else f"{mine.mean - row.paper:+.2f}"
-    provenances = ev.provenance(size, row.variant, row.stage)
+    provenances = ev.provenance(size, variant, row.stage)
     cells |= {"Ours": mine.text(), "Δ ours − paper": delta, "Seeds": _seeds(mine), **provenance_cells(provenances)}
     return cells, "reduced" if why_not else ""
 
@@ -261,14 +276,17 @@ def ablation_row(row: PaperRow, ev: Evidence) -> tuple[dict[str, str], str]:
     out["Compared with"] = "" if ref is None else f"{ref.setting} ({ref.variant})"
     if size is None:
         return {**out, "Ours: fine-tune top-1": NOT_RUN}, "notrun"
-    finetune = ev.spread(size, row.variant, "finetune", "val_top1")
-    last, mean = (ev.spread(size, row.variant, "probe", f"val_top1_{p}") for p in ("last", "mean"))
-    loss = ev.final_loss(size, row.variant)
+    variant = variant_at(row.variant, size, row)
+    source = pretrained_by(variant)  # a fine-tune-only variant's probe and pretraining are its source's
+    finetune = ev.spread(size, variant, "finetune", "val_top1")
+    last, mean = (ev.spread(size, source, "probe", f"val_top1_{p}") for p in ("last", "mean"))
+    loss = ev.final_loss(size, source)
     out["Ours: fine-tune top-1"] = NOT_RUN if finetune is None else finetune.text()
     probe = NOT_RUN if last is None or mean is None else f"{last.short()} · {mean.short()} ({seeds(last.n)})"
     out["Ours: probe top-1 (last · mean)"] = probe
     out["Ours: pretraining loss (final)"] = NOT_RUN if loss is None else loss.text(4)
-    hours = [_hours(ev.provenance(size, row.variant, stage)) or "—" for stage in ("pretrain", "finetune", "probe")]
+    hours = [_hours(ev.provenance(size, v, stage)) or "—"
+             for v, stage in ((source, "pretrain"), (variant, "finetune"), (source, "probe"))]  # fmt: skip
     out["Hours (pretrain · fine-tune · probe)"] = " · ".join(hours)
     return out, cls if finetune is not None or loss is not None else "notrun"
 

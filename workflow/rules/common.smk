@@ -1,12 +1,22 @@
-# Turn nepa/pipeline.py's stage table into rule parts: paths with {size}/{variant} wildcards, commands
-# with {wildcards.*}, resources from params.
+# Turn nepa/pipeline.py's stage table into rule parts: paths with {size}/{variant} (and {seed}, where runs are
+# per seed) wildcards, commands with {wildcards.*} and their output sent to the stage's log, resources from
+# params. Which runs the targets ask for is the experiment plan's (nepa/plan.py, through pipeline.target_inputs).
 import json
 
-from nepa.pipeline import fill, report_inputs, stage
+from nepa.config import SIZES
+from nepa.pipeline import fill, report_inputs, stage, target_inputs
+
+WILDCARDS = dict(size="{size}", variant="{variant}", seed="{seed}")
 
 
 def stage_inputs(name):
-    return [fill(t, PARAMS, size="{size}", variant="{variant}") for t in stage(name).deps]
+    """A function of the job's wildcards: a fine-tune-only variant reads the export of the run it reuses."""
+
+    def inputs(wildcards):
+        values = {key: wildcards.get(key, "") for key in WILDCARDS}
+        return [fill(t, PARAMS, **values) for t in stage(name).deps]
+
+    return inputs
 
 
 def stage_outputs(name):
@@ -14,7 +24,7 @@ def stage_outputs(name):
     shown = dict(s.shown)
 
     def output(template, folder):
-        path = fill(template, PARAMS, size="{size}", variant="{variant}")
+        path = fill(template, PARAMS, **WILDCARDS)
         out = directory(path) if folder else path
         out = update(out) if template in s.persist else out
         if template in shown:  # what `snakemake --report` shows
@@ -25,7 +35,13 @@ def stage_outputs(name):
 
 
 def stage_shell(name):
-    return stage(name).cmd.format(size="{wildcards.size}", variant="{wildcards.variant}")
+    command = fill(stage(name).cmd, PARAMS, size="{wildcards.size}", variant="{wildcards.variant}",
+                   seed="{wildcards.seed}")
+    return command + " > {log} 2>&1"
+
+
+def stage_log(name):
+    return fill(stage(name).log, PARAMS, **WILDCARDS)
 
 
 def stage_params(name):
@@ -39,7 +55,7 @@ def stage_params(name):
 
 
 def _variant(wildcards):
-    return (f"variant={wildcards['variant']}",) if "variant" in wildcards.keys() else ()
+    return tuple(f"{key}={wildcards[key]}" for key in ("variant", "seed") if key in wildcards.keys())
 
 
 def stage_threads():
@@ -59,5 +75,6 @@ def stage_resources(name):
 
 
 wildcard_constraints:
-    size="|".join(["tiny", "small", "base", "large"]),
+    size="|".join(SIZES),
     variant="[a-z0-9_]+",
+    seed="[0-9]+",

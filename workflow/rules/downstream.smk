@@ -1,8 +1,9 @@
 # Downstream evaluation of the exported EMA weights: ImageNet fine-tuning, linear probe, ADE20K UperNet.
 
 rule finetune:
-    input: *stage_inputs("finetune")
+    input: stage_inputs("finetune")
     output: *stage_outputs("finetune")
+    log: stage_log("finetune")
     params: settings=stage_params("finetune")
     threads: stage_threads()
     resources: **stage_resources("finetune")
@@ -10,8 +11,9 @@ rule finetune:
 
 
 rule probe:
-    input: *stage_inputs("probe")
+    input: stage_inputs("probe")
     output: *stage_outputs("probe")
+    log: stage_log("probe")
     params: settings=stage_params("probe")
     threads: stage_threads()
     resources: **stage_resources("probe")
@@ -19,8 +21,9 @@ rule probe:
 
 
 rule segment:
-    input: *stage_inputs("segment")
+    input: stage_inputs("segment")
     output: *stage_outputs("segment")
+    log: stage_log("segment")
     params: settings=stage_params("segment")
     threads: stage_threads()
     resources: **stage_resources("segment")

@@ -1,8 +1,9 @@
 # NEPA pretraining (DeepSpeed ZeRO) and the EMA export every downstream stage starts from.
 
 rule pretrain:
-    input: *stage_inputs("pretrain")
+    input: stage_inputs("pretrain")
     output: *stage_outputs("pretrain")
+    log: stage_log("pretrain")
     params: settings=stage_params("pretrain")
     threads: stage_threads()
     resources: **stage_resources("pretrain")
@@ -10,7 +11,8 @@ rule pretrain:
 
 
 rule export:
-    input: *stage_inputs("export")
+    input: stage_inputs("export")
     output: *stage_outputs("export")
+    log: stage_log("export")
     params: settings=stage_params("export")
     shell: stage_shell("export")

@@ -1,17 +1,13 @@
 # The report: our numbers beside the paper's (targets `all`/`embedded` in the Snakefile); `ablations`
-# runs the Table 1 variants, whose rows the report shows once they exist.
+# runs the Table 1 variants with their baselines, whose rows the report shows once it runs again
+# (`snakemake -R report`).
 
 rule report:
     input: report_inputs(PARAMS)
     output: *stage_outputs("report")
-    shell: stage("report").cmd
+    log: stage_log("report")
+    shell: stage_shell("report")
 
 
-rule ablations:
-    input:
-        [
-            fill(t, PARAMS, size=size, variant=variant)
-            for size in PARAMS.sizes
-            for variant in PARAMS.ablation_variants
-            for t in (*stage("finetune").metrics, *stage("pretrain").plots)
-        ],
+rule ablations:  # Table 1 and the appendix (nepa/plan.py): limited by ablation_variants, over ablation_seeds
+    input: target_inputs(PARAMS, "ablations"),

@@ -13,22 +13,23 @@ Layer = dict[str, Any]
 
 # ---- the embedded default ------------------------------------------------------------------------
 
-# Every stage for real on Fashion-MNIST, sized to finish within ten minutes on 2 CPU cores
-# (results/embedded_dag.md). The EMA decays fit runs of ~100 steps: at the full-scale 0.999 the exported EMA
-# would still be mostly the random initialisation (0.999^156 = 86 %).
+# Every stage for real on Fashion-MNIST, sized to finish within ten minutes on 2 CPU cores (results/embedded_dag.md).
 EMBEDDED: Layer = {
     "data": {"embedded_images": [10000, 1000]},
+    "model": {"rope_rescale": None},
     "pretrain": dict(
-        epochs=1, warmup_epochs=0.1, global_batch=64, micro_batch=64, base_lr=0.006, ema_decay=0.95, num_workers=1
+        epochs=5, warmup_epochs=0.5, global_batch=64, micro_batch=64, base_lr=0.012, ema_decay=0.99,
+        crop_scale=[0.4, 1.0], num_workers=1,
     ),
-    "finetune": dict(epochs=0.5, warmup_epochs=0.05, global_batch=64, micro_batch=64, ema_decay=0.95, num_workers=1),
+    "finetune": dict(
+        epochs=1, warmup_epochs=0.1, global_batch=64, micro_batch=64, base_lr=0.016, auto_augment=None, reprob=0.0,
+        mixup=0.0, cutmix=0.0, drop_path=0.0, crop_scale=[0.5, 1.0], ema_decay=0.95, num_workers=1,
+    ),
     "probe": dict(epochs=10, num_workers=1),
-    # At 64 px the UperNet head, not the backbone, is most of a step: a 64-channel head at batch 8
-    # (the recipe of results/eval_embedded/).
     "segment": dict(
         iterations=300, warmup_iterations=30, global_batch=8, micro_batch=8, channels=64, lr=1e-3, num_workers=1
     ),
-}
+}  # fmt: skip
 
 # ---- full-scale recipes ---------------------------------------------------------------------------
 

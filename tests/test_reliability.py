@@ -146,14 +146,15 @@ def test_a_global_batch_larger_than_the_data_is_one_line(root: Path, tmp_path: P
 def test_a_model_file_with_a_wrong_shaped_tensor_names_it(root: Path, tmp_path: Path) -> None:  # noqa: F811
     model = create("nepa_tiny_patch4_32")
     state = model.state_dict()
-    state["blocks.2.mlp.fc1.weight"] = torch.zeros(700, 192)  # the header still says 768 hidden units
+    hidden, width = state["blocks.2.mlp.fc1.weight"].shape
+    state["blocks.2.mlp.fc1.weight"] = torch.zeros(700, width)  # the header still says `hidden` units
     path = save_model_file(state, model.cfg, tmp_path / "model.safetensors")
     done = engine_runs.nepa(root, tmp_path, "finetune", args=("--init", str(path)))
     assert done.returncode == EXIT_USAGE
     assert said(done.stderr) == [
-        f"nepa finetune: error: {path}: tensor blocks.2.mlp.fc1.weight is [700, 192] in the file, but the model "
-        "its header describes has [768, 192]; the file is damaged or was edited: export it again (`nepa export`, "
-        "`nepa import-official`)"
+        f"nepa finetune: error: {path}: tensor blocks.2.mlp.fc1.weight is [700, {width}] in the file, but the "
+        f"model its header describes has [{hidden}, {width}]; the file is damaged or was edited: export it again "
+        "(`nepa export`, `nepa import-official`)"
     ]
 
 

@@ -8,7 +8,7 @@ split_dir: a split folder of a prepared dataset, e.g. {data.root}/shards/imagene
 one level up). Batches: (images float32 [B,3,H,W], normalised, labels int64 [B]) for the views "pretrain",
 "finetune" and "eval"; (images, masks int64 [B,H,W]) for "segment_train" and "segment_eval" (masks: 0 = ignore,
 1..150 ADE20K classes). view_kwargs go to the view (nepa/data/transforms.py):
-    pretrain(image_size, crop_scale=(0.08, 1.0))    finetune(image_size, auto_augment=..., reprob=0.25)
+    pretrain(image_size, crop_scale=(0.08, 1.0))    finetune(image_size, auto_augment=..., reprob=0.25, crop_scale=...)
     eval(image_size, crop_ratio=0.875)              segment_train(crop, scale_range=(0.5, 2.0))
     segment_eval(patch_size)                        all: mean, std (default 0.5, 0.5)
 

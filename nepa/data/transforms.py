@@ -2,7 +2,7 @@
 
   pretrain       RandomResizedCrop(image_size, scale=crop_scale, bilinear) + horizontal flip, mean = std = 0.5:
                  the official NEPA pretraining pipeline
-  finetune       timm's ImageNet training transform: RandomResizedCrop (bicubic), flip, RandAugment
+  finetune       timm's ImageNet training transform: RandomResizedCrop (bicubic, crop_scale), flip, RandAugment
                  (auto_augment), random erasing (reprob, per-pixel noise as DeiT/MAE); Mixup/CutMix are
                  batch-level and applied by the caller (timm.data.Mixup)
   eval           timm's eval transform: resize to image_size / crop_ratio, centre crop, bicubic
@@ -156,10 +156,11 @@ def _pillow13_safe(augment: T.Compose) -> T.Compose:
 
 
 def finetune(image_size: int, auto_augment: str | None = "rand-m9-mstd0.5-inc1", reprob: float = 0.25,
-             mean: Mean = MEAN, std: Mean = STD, decode: Decode = "cpu") -> View:  # fmt: skip
+             crop_scale: tuple[float, float] = (0.08, 1.0), mean: Mean = MEAN, std: Mean = STD,
+             decode: Decode = "cpu") -> View:  # fmt: skip
     crop_and_flip, augment, final = create_transform(
-        image_size, is_training=True, auto_augment=auto_augment, re_prob=reprob, re_mode="pixel", re_count=1,
-        interpolation="bicubic", mean=mean, std=std, separate=True,
+        image_size, is_training=True, scale=crop_scale, auto_augment=auto_augment, re_prob=reprob, re_mode="pixel",
+        re_count=1, interpolation="bicubic", mean=mean, std=std, separate=True,
     )  # fmt: skip
     augment = _pillow13_safe(augment)
     if decode == "pil":

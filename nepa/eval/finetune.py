@@ -141,8 +141,9 @@ def main(args: argparse.Namespace, params: Params) -> int:
                                num_workers=f.num_workers, verify=params.data.verify_shards,
                                image_size=model.cfg.img_size, decode=params.data.decode)  # fmt: skip
     train_batches = functools.partial(
-        loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment, reprob=f.reprob
-    )
+        loader, "finetune", train, batch_size=f.micro_batch, auto_augment=f.auto_augment, reprob=f.reprob,
+        crop_scale=f.crop_scale,
+    )  # fmt: skip
     val_batches = functools.partial(
         loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False, crop_ratio=f.eval_crop_ratio
     )

@@ -138,7 +138,10 @@ def test_missing_checkpoint_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
         (("finetune", "--init", "random"), "prepared imagenet shards not found"),
         (("segment", "--init", "random"), "prepared ade20k shards not found"),
         (("finetune", "--init", "random", "--set", "finetune.ema_decay=null"), "finetune.ema_decay is off"),
-        (("finetune", "--init", "random", "--set", "finetune.micro_batch=7"), "use an even one"),
+        (
+            ("finetune", "--init", "random", "--set", "finetune.mixup=0.8", "--set", "finetune.micro_batch=7"),
+            "use an even one",
+        ),
     ],
 )
 def test_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple, needle: str) -> None:

@@ -18,7 +18,7 @@ device busy (target: >= 0.9, i.e. within 10%).
 Data: --split, a prepared split (e.g. the real ImageNet shards: the figure that counts); without it, a temporary
 one of --images Fashion-MNIST items upsampled to JPEGs of 256/224 x the model's input side (bicubic, quality 90),
 sharded by `nepa prepare imagenet`'s code. Those are smaller and cheaper to decode than ImageNet's ~110 KB photos,
-so the temporary split flatters the data path. Writes results/benchmarks/end_to_end_{cuda|cpu}_{stamp}.json/.csv.
+so the temporary split flatters the data path. Writes results/benchmarks/end_to_end_{cuda|cpu}_{stamp}.json and .csv.
 """
 
 from __future__ import annotations

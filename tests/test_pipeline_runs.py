@@ -35,8 +35,12 @@ probe: {{epochs: 2, num_workers: 0}}
 segment: {{iterations: 6, global_batch: 8, micro_batch: 8, warmup_iterations: 2, num_workers: 0}}
 launcher: {launcher}
 """
-METRICS = ["runs/tiny-nepa/finetune/metrics.json", "runs/tiny-nepa/probe/metrics.json",
-           "runs/tiny-nepa/segment/metrics.json", "runs/tiny-nepa/pretrain/metrics.json"]  # fmt: skip
+METRICS = [
+    "runs/tiny-nepa/finetune/metrics.json",
+    "runs/tiny-nepa/probe/metrics.json",
+    "runs/tiny-nepa/segment/metrics.json",
+    "runs/tiny-nepa/pretrain/metrics.json",
+]
 
 
 def project_copy(tmp_path: Path, launcher: str = "{kind: local}") -> Path:

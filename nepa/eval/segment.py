@@ -140,8 +140,14 @@ def main(args: argparse.Namespace, params: Params) -> int:
     device = distributed.init(env)
 
     model = build_model(params, weights, num_classes, device, env.world)
-    loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
-                               num_workers=s.num_workers, verify=params.data.verify_shards)  # fmt: skip
+    loader = functools.partial(
+        make_loader,
+        rank=env.rank,
+        world=env.world,
+        seed=params.seed,
+        num_workers=s.num_workers,
+        verify=params.data.verify_shards,
+    )
     train_batches = functools.partial(loader, "segment_train", train, batch_size=s.micro_batch, crop=s.crop)
     task = Task(
         model=model,
@@ -180,7 +186,15 @@ def main(args: argparse.Namespace, params: Params) -> int:
             metrics = {f"val_{k}": v for k, v in scores(confusion).items()}
             metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion).items()}
             wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
-            write_metrics(folder, VERB, metrics, params, checkpoint=weights, seconds=wall_s,
-                          init=str(weights or stage.RANDOM), taps=list(model.taps))  # fmt: skip
+            write_metrics(
+                folder,
+                VERB,
+                metrics,
+                params,
+                checkpoint=weights,
+                seconds=wall_s,
+                init=str(weights or stage.RANDOM),
+                taps=list(model.taps),
+            )
     distributed.shutdown()
     return status

@@ -29,14 +29,13 @@ from tqdm import tqdm
 from nepa.config import Params, SegmentParams
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
-from nepa.engine.checkpoint import resume_key
 from nepa.engine.distributed import several_processes
-from nepa.engine.trainer import Task, TrainConfig, Trainer
+from nepa.engine.trainer import Task, Trainer
 from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
 from nepa.eval.miou import IGNORE, confusion_matrix, majority_baseline, scores
 from nepa.eval.upernet import UperNet
-from nepa.provenance import sha256_file, write_metrics
+from nepa.provenance import write_metrics
 
 VERB = "segment"
 AUX_WEIGHT = 0.4  # the mmseg UperNet configs' auxiliary FCN loss weight
@@ -157,18 +156,17 @@ def main(args: argparse.Namespace, params: Params) -> int:
         param_groups=layer_decay.param_groups(model, s.weight_decay, prefix="backbone."),
         lr_scale=functools.partial(layer_decay.lr_scale, start=s.layer_decay, ramp=False),
     )
-    card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
-    cfg = TrainConfig.from_section(
+    cfg = stage.train_config(
         s,
-        folder=folder,
-        seed=params.seed,
-        name=f"nepa {VERB}",
-        card=card,
+        params,
+        VERB,
+        weights,
+        train,
+        folder,
         ema_decay=None,
         base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
         steps=s.iterations,
         warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
-        resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(train.parent / "manifest.json")),
     )
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:

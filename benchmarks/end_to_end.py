@@ -18,7 +18,7 @@ device busy (target: >= 0.9, i.e. within 10%).
 Data: --split, a prepared split (e.g. the real ImageNet shards: the figure that counts); without it, a temporary
 one of --images Fashion-MNIST items upsampled to JPEGs of 256/224 x the model's input side (bicubic, quality 90),
 sharded by `nepa prepare imagenet`'s code. Those are smaller and cheaper to decode than ImageNet's ~110 KB photos,
-so the temporary split flatters the data path. Writes results/benchmarks/end_to_end_{cuda|cpu}_{stamp}.json/.csv.
+so the temporary split flatters the data path. Writes results/benchmarks/end_to_end_{cuda|cpu}_{stamp}.json and .csv.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from harness import RESULTS, build, emit, parse_name, record, resolve_device, run_trial, write_result
+from harness import RESULTS, build, emit, engine_parts, parse_name, record, resolve_device, run_trial, write_result
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve()
@@ -65,16 +65,26 @@ def trial(args: argparse.Namespace) -> None:
     from nepa.data.loaders import make_loader, num_batches
     from nepa.engine import distributed
     from nepa.engine.distributed import DistEnv
-    from nepa.engine.trainer import Task, TrainConfig, Trainer
-    from nepa.objectives import Objective, pretrain_loss
+    from nepa.engine.trainer import Trainer
 
     torch.manual_seed(0)
     subject = build(args.model)
     side = subject.img_size
 
     def loader(epoch: int, start: int) -> Any:
-        return make_loader("pretrain", args.split, batch_size=args.batch, rank=0, world=1, seed=0, epoch=epoch,
-                           start_batch=start, num_workers=args.workers, verify=False, image_size=side)  # fmt: skip
+        return make_loader(
+            "pretrain",
+            args.split,
+            batch_size=args.batch,
+            rank=0,
+            world=1,
+            seed=0,
+            epoch=epoch,
+            start_batch=start,
+            num_workers=args.workers,
+            verify=False,
+            image_size=side,
+        )
 
     steps = args.row_steps * (args.rows + 1)
     if args.trial == "loader_only":
@@ -94,21 +104,22 @@ def trial(args: argparse.Namespace) -> None:
         batch = (images, torch.zeros(args.batch, dtype=torch.long, device=device))
         per_epoch = 10**6
         batches = lambda epoch, start: itertools.repeat(batch, per_epoch - start)  # noqa: E731
-    task = Task(model=subject.model, loss=lambda model, b: pretrain_loss(model, b[0], Objective()),
-                batches=batches, batches_per_epoch=per_epoch)  # fmt: skip
     with tempfile.TemporaryDirectory() as folder:
-        cfg = TrainConfig(
-            folder=Path(folder), epochs=max(1, -(-steps // per_epoch)), warmup_epochs=0, global_batch=args.batch,
-            micro_batch=args.batch, base_lr=3e-4, betas=(0.9, 0.95), weight_decay=0.05, grad_clip=1.0,
-            ema_decay=0.9999, checkpoint_every=10**9, keep_last=1, log_every=args.row_steps, seed=0, max_steps=steps,
-            zero_stage=args.zero_stage, name=f"end_to_end {args.trial}",
-        )  # fmt: skip
+        schedule = dict(
+            epochs=max(1, -(-steps // per_epoch)), log_every=args.row_steps, name=f"end_to_end {args.trial}"
+        )
+        task, cfg = engine_parts(subject, batches, per_epoch, folder, args.batch, steps, args.zero_stage, **schedule)
         status = Trainer(cfg, task, env, device).fit()
         rows = pd.read_csv(Path(folder) / "metrics.csv")
     timed = rows.iloc[1:]  # the first row is warm-up: worker start, first batches, allocator, kernel choices
     seconds = (args.row_steps * args.batch / timed["images_per_s"]).sum()
-    emit({"status": "ok" if status == 0 else f"exit {status}", "images_per_s": round(len(timed) * args.row_steps *
-          args.batch / seconds, 2), "row_images_per_s": [round(x, 1) for x in timed["images_per_s"]]})  # fmt: skip
+    emit(
+        {
+            "status": "ok" if status == 0 else f"exit {status}",
+            "images_per_s": round(len(timed) * args.row_steps * args.batch / seconds, 2),
+            "row_images_per_s": [round(x, 1) for x in timed["images_per_s"]],
+        }
+    )
     distributed.shutdown()
 
 
@@ -147,24 +158,44 @@ def main() -> None:
             count = args.images or args.batch * args.row_steps * (args.rows + 1) + args.batch
             start = time.perf_counter()
             args.split = write_split(Path(tmp), count, round(side * 256 / 224))
-            data = {"split": "temporary", "images": count, "jpeg_side": round(side * 256 / 224),
-                    "source": "Fashion-MNIST upsampled (bicubic), JPEG quality 90",
-                    "prepare_s": round(time.perf_counter() - start, 1)}  # fmt: skip
+            data = {
+                "split": "temporary",
+                "images": count,
+                "jpeg_side": round(side * 256 / 224),
+                "source": "Fashion-MNIST upsampled (bicubic), JPEG quality 90",
+                "prepare_s": round(time.perf_counter() - start, 1),
+            }
         else:
             data = {"split": str(args.split)}
-        settings = dict(model=args.model, batch=args.batch, workers=args.workers, threads=args.threads,
-                        row_steps=args.row_steps, rows=args.rows, zero_stage=args.zero_stage, data=data)  # fmt: skip
+        settings = dict(
+            model=args.model,
+            batch=args.batch,
+            workers=args.workers,
+            threads=args.threads,
+            row_steps=args.row_steps,
+            rows=args.rows,
+            zero_stage=args.zero_stage,
+            data=data,
+        )
         result = record("end_to_end", device, settings)
-        print(f"end to end, {args.model} batch {args.batch}, {args.workers} workers, on {result['device']['name']}; "
-              f"{result['command']}", flush=True)  # fmt: skip
+        print(
+            f"end to end, {args.model} batch {args.batch}, {args.workers} workers, on {result['device']['name']}; "
+            f"{result['command']}",
+            flush=True,
+        )
         flags = ["--model", args.model, "--batch", str(args.batch), "--split", str(args.split), "--workers",
                  str(args.workers), "--row-steps", str(args.row_steps), "--rows", str(args.rows), "--zero-stage",
                  str(args.zero_stage), "--device", str(device), *(["--threads", str(args.threads)] if args.threads
                  else [])]  # fmt: skip
         rows = []
         for mode in ("model_only", "end_to_end", "loader_only"):
-            row = {"mode": mode, "model": args.model, "batch": args.batch, "workers": args.workers,
-                   **run_trial(SCRIPT, [mode, *flags], env)}  # fmt: skip
+            row = {
+                "mode": mode,
+                "model": args.model,
+                "batch": args.batch,
+                "workers": args.workers,
+                **run_trial(SCRIPT, [mode, *flags], env),
+            }
             rows.append(row)
             print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     speed = {r["mode"]: r.get("images_per_s") for r in rows if r["status"] == "ok"}

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import deepspeed
 import numpy as np
@@ -39,6 +39,9 @@ from nepa.engine.optim import param_groups
 from nepa.estimate import training_flops
 from nepa.objectives import Objective, next_embedding_loss, pretrain_loss
 from nepa.provenance import git_commit
+
+if TYPE_CHECKING:
+    from nepa.engine.trainer import Task, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "benchmarks"
@@ -176,6 +179,48 @@ def nepa_images_loss(model: nn.Module, images: Tensor) -> Tensor:
 def timm_images_loss(model: nn.Module, images: Tensor) -> Tensor:
     h = model.forward_features(images)
     return next_embedding_loss(h, h.detach())
+
+
+def engine_parts(
+    subject: Subject,
+    batches: Callable[[int, int], Any],
+    batches_per_epoch: int,
+    folder: str,
+    batch: int,
+    steps: int,
+    zero_stage: int,
+    **config: Any,
+) -> tuple[Task, TrainConfig]:
+    """What `Trainer` takes to train `subject` on `batches` (images, labels) for `steps` steps of `batch` images, as
+    pretraining does (its loss, AdamW betas (0.9, 0.95), weight decay 0.05, clip 1.0, EMA 0.9999), writing no
+    checkpoint; `config` overrides TrainConfig's fields."""
+    from nepa.engine.trainer import Task, TrainConfig  # only the engine benchmarks import the engine
+
+    task = Task(
+        model=subject.model,
+        loss=lambda model, b: subject.loss(model, b[0]),
+        batches=batches,
+        batches_per_epoch=batches_per_epoch,
+    )
+    settings: dict[str, Any] = dict(
+        folder=Path(folder),
+        epochs=1,
+        warmup_epochs=0,
+        global_batch=batch,
+        micro_batch=batch,
+        base_lr=3e-4,
+        betas=(0.9, 0.95),
+        weight_decay=0.05,
+        grad_clip=1.0,
+        ema_decay=0.9999,
+        checkpoint_every=10**9,
+        keep_last=1,
+        log_every=10**9,
+        seed=0,
+        max_steps=steps,
+        zero_stage=zero_stage,
+    )
+    return task, TrainConfig(**(settings | config))
 
 
 def parse_name(name: str) -> tuple[str, str, str]:

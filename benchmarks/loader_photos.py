@@ -28,8 +28,15 @@ def photographs() -> list[Image.Image]:
     import skimage.data  # a benchmark dependency (envs/requirements-dev.txt), imported where it is used
 
     left, right, _ = skimage.data.stereo_motorcycle()
-    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket(),
-              skimage.data.hubble_deep_field(), left, right]  # fmt: skip
+    photos = [
+        skimage.data.astronaut(),
+        skimage.data.chelsea(),
+        skimage.data.coffee(),
+        skimage.data.rocket(),
+        skimage.data.hubble_deep_field(),
+        left,
+        right,
+    ]
     return [Image.fromarray(p) for p in photos]
 
 

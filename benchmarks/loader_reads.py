@@ -54,8 +54,8 @@ def drop_page_cache() -> bool:
 
 
 def disk_bytes_read() -> int:
-    return int(next(line for line in Path("/proc/self/io").read_text().splitlines()
-                    if line.startswith("read_bytes")).split()[1])  # fmt: skip
+    line = next(line for line in Path("/proc/self/io").read_text().splitlines() if line.startswith("read_bytes"))
+    return int(line.split()[1])
 
 
 def timed(read: Callable[[], int], count: int, cold: bool) -> dict[str, object]:
@@ -63,9 +63,13 @@ def timed(read: Callable[[], int], count: int, cold: bool) -> dict[str, object]:
     disk, cpu, wall = disk_bytes_read(), time.process_time(), time.perf_counter()
     payload = read()
     wall, cpu, disk = time.perf_counter() - wall, time.process_time() - cpu, disk_bytes_read() - disk
-    return {"cache": "cold" if dropped else "warm", "us_per_image_wall": round(wall / count * 1e6, 1),
-            "us_per_image_cpu": round(cpu / count * 1e6, 1), "disk_kb_per_image": round(disk / count / 1024, 1),
-            "image_kb": round(payload / count / 1024, 1)}  # fmt: skip
+    return {
+        "cache": "cold" if dropped else "warm",
+        "us_per_image_wall": round(wall / count * 1e6, 1),
+        "us_per_image_cpu": round(cpu / count * 1e6, 1),
+        "disk_kb_per_image": round(disk / count / 1024, 1),
+        "image_kb": round(payload / count / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -95,8 +99,8 @@ def main() -> None:
             total = 0
             for index in order:
                 k = int(np.searchsorted(starts, index, side="right")) - 1
-                total += len(files[k].read_row_group(int(index - starts[k]), columns=["image", "label"],
-                                                     use_threads=False)["image"][0].as_py())  # fmt: skip
+                row = files[k].read_row_group(int(index - starts[k]), columns=["image", "label"], use_threads=False)
+                total += len(row["image"][0].as_py())
             return total
 
         def sequential_blocks() -> int:
@@ -115,9 +119,13 @@ def main() -> None:
         }
         random_rows()  # now everything the next pass reads is cached
         results["random rows, warm"] = timed(random_rows, n, cold=False)
-    result = {"benchmark": "shard reads, cold page cache", "command": "python " + " ".join(sys.argv),
-              "workload": {**made, "rows_per_shard": args.per_shard, "shards": len(shards), "samples_read": n},
-              "machine": host, "results": results}  # fmt: skip
+    result = {
+        "benchmark": "shard reads, cold page cache",
+        "command": "python " + " ".join(sys.argv),
+        "workload": {**made, "rows_per_shard": args.per_shard, "shards": len(shards), "samples_read": n},
+        "machine": host,
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "loader_reads.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
@@ -129,9 +137,12 @@ def main() -> None:
         "",
         "| access | cache | µs per image, wall | µs per image, CPU | KB read from disk per image | KB per image |",
         "|---|---|---:|---:|---:|---:|",
-        *(f"| {k} | {r['cache']} | {r['us_per_image_wall']:.0f} | {r['us_per_image_cpu']:.0f} | "
-          f"{r['disk_kb_per_image']:.0f} | {r['image_kb']:.0f} |" for k, r in results.items()),
-    ]  # fmt: skip
+        *(
+            f"| {k} | {r['cache']} | {r['us_per_image_wall']:.0f} | {r['us_per_image_cpu']:.0f} | "
+            f"{r['disk_kb_per_image']:.0f} | {r['image_kb']:.0f} |"
+            for k, r in results.items()
+        ),
+    ]
     (args.out / "loader_reads.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

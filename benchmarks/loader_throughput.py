@@ -81,8 +81,14 @@ def measure(batches: Iterable, device: torch.device) -> tuple[float, float]:
 
 
 def machine() -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     modules = (torch, torchvision, timm, pyarrow, PIL, np, simplejpeg)
     return {
         "cpu": cpu,
@@ -105,16 +111,24 @@ def prepare(raw: Path, root: Path, *extra: str) -> Path:
     return root / "shards/imagenet/train"
 
 
-def contenders(view: str, raw: Path, shards: Path, reencoded: Path, device: torch.device
-               ) -> dict[str, Callable[[int, int], Iterable]]:  # fmt: skip
+def contenders(
+    view: str, raw: Path, shards: Path, reencoded: Path, device: torch.device
+) -> dict[str, Callable[[int, int], Iterable]]:
     """name -> (workers, epoch) -> one epoch of batches."""
     official = transforms.VIEWS[view](IMAGE_SIZE, decode="pil")
 
     def folder(w: int, epoch: int) -> DataLoader:
-        dataset = ImageFolder(str(raw / "train"), loader=lambda p: Path(p).read_bytes(),
-                              transform=lambda data: official(data, None)[0])  # fmt: skip
-        return DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True, num_workers=w,
-                          generator=torch.Generator().manual_seed(epoch))  # fmt: skip
+        dataset = ImageFolder(
+            str(raw / "train"), loader=lambda p: Path(p).read_bytes(), transform=lambda data: official(data, None)[0]
+        )
+        return DataLoader(
+            dataset,
+            batch_size=BATCH,
+            shuffle=True,
+            drop_last=True,
+            num_workers=w,
+            generator=torch.Generator().manual_seed(epoch),
+        )
 
     def shard(split: Path, decode: str) -> Callable[[int, int], Iterable]:
         settings = dict(batch_size=BATCH, rank=0, world=1, seed=0, decode=decode, device=device, image_size=IMAGE_SIZE)
@@ -156,13 +170,16 @@ def breakdown(split: Path, count: int) -> dict[str, float]:
         "decode, simplejpeg, DCT-scaled to 3/4": lambda i: simplejpeg.decode_jpeg(datas[i], **scaled(i, 6)),
         "decode, simplejpeg, DCT-scaled to 1/2": lambda i: simplejpeg.decode_jpeg(datas[i], **scaled(i, 4)),
         "crop + resize 224, PIL bilinear": lambda i: pil_images[i].resize(
-            (IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR,
-            box=(boxes[i][1], boxes[i][0], boxes[i][1] + boxes[i][3], boxes[i][0] + boxes[i][2])),
+            (IMAGE_SIZE, IMAGE_SIZE),
+            Image.Resampling.BILINEAR,
+            box=(boxes[i][1], boxes[i][0], boxes[i][1] + boxes[i][3], boxes[i][0] + boxes[i][2]),
+        ),
         "crop + resize 224, torch uint8 antialiased bilinear": lambda i: transforms.resized_crop(
-            pixels[i], boxes[i], IMAGE_SIZE),
+            pixels[i], boxes[i], IMAGE_SIZE
+        ),
         "ToTensor + Normalize, PIL 224 image": lambda i: to_tensor(pil_crops[i]),
         "normalize, uint8 224 image (torch)": lambda i: transforms.normalize(crops[i]),
-    }  # fmt: skip
+    }
     out = {}
     for name, step in steps.items():
         best = float("inf")
@@ -180,12 +197,16 @@ def _range(runs: list[list[float]], k: int) -> str:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| view | loader | workers | images/s per core (per CPU-second) | × ImageFolder+PIL "
-             "| images/s, wall clock |", "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| view | loader | workers | images/s per core (per CPU-second) | × ImageFolder+PIL | images/s, wall clock |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['view']} | {r['loader']} | {r['workers']} | {r['images_per_cpu_second']:.0f} "
-                     f"({_range(r['runs'], 0)}) | {r['ratio_per_cpu_second']:.2f} | "
-                     f"{r['images_per_second_wall']:.0f} ({_range(r['runs'], 1)}) |")  # fmt: skip
+        lines.append(
+            f"| {r['view']} | {r['loader']} | {r['workers']} | {r['images_per_cpu_second']:.0f} "
+            f"({_range(r['runs'], 0)}) | {r['ratio_per_cpu_second']:.2f} | "
+            f"{r['images_per_second_wall']:.0f} ({_range(r['runs'], 1)}) |"
+        )
     return lines
 
 
@@ -220,17 +241,26 @@ def main() -> None:
                     for name, build in loaders.items():
                         result = measure(build(w, repeat), device)
                         runs.setdefault((view, name, w), []).append(result)
-                        print(f"{view:8s} {name:40s} workers={w}: {result[0]:6.1f} img/CPU-s, {result[1]:6.1f} img/s",
-                              flush=True)  # fmt: skip
+                        print(
+                            f"{view:8s} {name:40s} workers={w}: {result[0]:6.1f} img/CPU-s, {result[1]:6.1f} img/s",
+                            flush=True,
+                        )
         steps = breakdown(shards, args.breakdown) if args.breakdown else {}
     rows = []
     for (view, name, w), rs in runs.items():
         baseline = statistics.median(r[0] for r in runs[(view, "ImageFolder + PIL (official path)", w)])
         per_cpu = statistics.median(r[0] for r in rs)
-        rows.append({"view": view, "loader": name, "workers": w, "images_per_cpu_second": round(per_cpu, 1),
-                     "ratio_per_cpu_second": round(per_cpu / baseline, 2),
-                     "images_per_second_wall": round(statistics.median(r[1] for r in rs), 1),
-                     "runs": [[round(x, 1) for x in r] for r in rs]})  # fmt: skip
+        rows.append(
+            {
+                "view": view,
+                "loader": name,
+                "workers": w,
+                "images_per_cpu_second": round(per_cpu, 1),
+                "ratio_per_cpu_second": round(per_cpu / baseline, 2),
+                "images_per_second_wall": round(statistics.median(r[1] for r in rs), 1),
+                "runs": [[round(x, 1) for x in r] for r in rs],
+            }
+        )
     result = {
         "benchmark": "loader throughput, realistic JPEGs, pretraining (RandomResizedCrop 224 bilinear + flip) and "
         "fine-tuning (timm: RandomResizedCrop bicubic, flip, RandAugment, random erasing) views",
@@ -260,9 +290,15 @@ def main() -> None:
         *table(rows),
     ]
     if steps:
-        lines += ["", f"Where an image's time goes (ms of CPU per image, one thread, best of 3 over {args.breakdown} "
-                  "images of one shard):", "", "| step | ms |", "|---|---:|",
-                  *(f"| {k} | {v:.3f} |" for k, v in steps.items())]  # fmt: skip
+        lines += [
+            "",
+            f"Where an image's time goes (ms of CPU per image, one thread, best of 3 over {args.breakdown} "
+            "images of one shard):",
+            "",
+            "| step | ms |",
+            "|---|---:|",
+            *(f"| {k} | {v:.3f} |" for k, v in steps.items()),
+        ]
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -38,9 +38,15 @@ OUT = Path("results/pretrain_embedded")
 VARIANTS = ("nepa", "no_stop_grad")
 # 300 steps of 64 images (a third of an epoch of 60k images), 30 warm-up steps, peak lr 1.5e-3.
 SCHEDULE = {
-    "pretrain.global_batch": 64, "pretrain.micro_batch": 64, "pretrain.epochs": 0.32, "pretrain.warmup_epochs": 0.032,
-    "pretrain.base_lr": 6e-3, "pretrain.log_every": 5, "pretrain.checkpoint_every": 100, "pretrain.num_workers": 0,
-}  # fmt: skip
+    "pretrain.global_batch": 64,
+    "pretrain.micro_batch": 64,
+    "pretrain.epochs": 0.32,
+    "pretrain.warmup_epochs": 0.032,
+    "pretrain.base_lr": 6e-3,
+    "pretrain.log_every": 5,
+    "pretrain.checkpoint_every": 100,
+    "pretrain.num_workers": 0,
+}
 
 
 def pretrain(variant: str, runs: Path) -> Path:
@@ -70,10 +76,13 @@ def similarity(model: NepaViT, images: torch.Tensor) -> float:
 def summary(rows: pd.DataFrame) -> dict[str, float]:
     steady = rows.iloc[1:]  # the first row includes start-up
     return {
-        "first": rows["loss"].iloc[0], "last": rows["loss"].iloc[-1], "min": rows["loss"].min(),
+        "first": rows["loss"].iloc[0],
+        "last": rows["loss"].iloc[-1],
+        "min": rows["loss"].min(),
         "s_per_step": (steady["wall_s"].diff().dropna() / steady["step"].diff().dropna()).median(),
-        "images_per_s": steady["images_per_s"].median(), "minutes": rows["wall_s"].iloc[-1] / 60,
-    }  # fmt: skip
+        "images_per_s": steady["images_per_s"].median(),
+        "minutes": rows["wall_s"].iloc[-1] / 60,
+    }
 
 
 def main() -> None:
@@ -97,8 +106,9 @@ def main() -> None:
     fig.savefig(OUT / "loss.png", dpi=120)
 
     stats = {v: summary(rows) for v, rows in curves.items()}
-    images, _ = next(iter(make_loader("eval", "data/shards/imagenet/val", batch_size=256, rank=0, world=1, seed=0,
-                                      epoch=0, image_size=32, drop_last=False)))  # fmt: skip
+    split = "data/shards/imagenet/val"
+    val = make_loader("eval", split, batch_size=256, rank=0, world=1, seed=0, epoch=0, image_size=32, drop_last=False)
+    images, _ = next(iter(val))
     rng.seed_all(0)  # the runs' initial weights (params seed 0)
     untrained = similarity(build_model(load_params()).eval(), images)
     for variant in VARIANTS:

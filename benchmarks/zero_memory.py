@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import RESULTS, build, emit, parse_name, record, resolve_device, run_trial, write_result
+from harness import RESULTS, build, emit, engine_parts, parse_name, record, resolve_device, run_trial, write_result
 
 SCRIPT = Path(__file__).resolve()
 
@@ -68,8 +68,7 @@ def trial(args: argparse.Namespace) -> None:
     baseline = rss_gb()
     from nepa.engine import distributed
     from nepa.engine.distributed import DistEnv
-    from nepa.engine.trainer import Task, TrainConfig, Trainer
-    from nepa.objectives import Objective, pretrain_loss
+    from nepa.engine.trainer import Trainer
 
     env = DistEnv()
     device = distributed.init(env)
@@ -77,17 +76,11 @@ def trial(args: argparse.Namespace) -> None:
     subject = build(args.model)
     images = torch.randn(args.batch, 3, subject.img_size, subject.img_size, device=device)
     batch = (images, torch.zeros(args.batch, dtype=torch.long, device=device))
-    task = Task(
-        model=subject.model, loss=lambda model, b: pretrain_loss(model, b[0], Objective()),
-        batches=lambda epoch, start: [batch] * 4, batches_per_epoch=10**6,
-    )  # fmt: skip
     row: dict[str, Any] = {"status": "ok"}
     with tempfile.TemporaryDirectory() as folder:
-        cfg = TrainConfig(
-            folder=Path(folder), epochs=1, warmup_epochs=0, global_batch=args.batch, micro_batch=args.batch,
-            base_lr=3e-4, betas=(0.9, 0.95), weight_decay=0.05, grad_clip=1.0, ema_decay=0.9999,
-            checkpoint_every=10**9, keep_last=1, log_every=10**9, seed=0, max_steps=args.steps, zero_stage=args.stage,
-        )  # fmt: skip
+        task, cfg = engine_parts(
+            subject, lambda epoch, start: [batch] * 4, 10**6, folder, args.batch, args.steps, args.stage
+        )
         try:
             trainer = Trainer(cfg, task, env, device)
             engine = trainer.engine
@@ -122,8 +115,12 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3])
     parser.add_argument("--batch", type=int, help="micro-batch measured at every stage (default: GPU 64, CPU 32)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per measurement")
-    parser.add_argument("--search", action=argparse.BooleanOptionalAction, default=None,
-                        help="search the largest batch per stage (default: on GPU only)")  # fmt: skip
+    parser.add_argument(
+        "--search",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="search the largest batch per stage (default: on GPU only)",
+    )
     parser.add_argument("--max-batch", type=int, default=2048)
     parser.add_argument("--granularity", type=int, default=8, help="search batch sizes in multiples of this")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -149,16 +146,27 @@ def main() -> None:
                  "--device", str(device), *(["--threads", str(args.threads)] if args.threads else [])]  # fmt: skip
         return run_trial(SCRIPT, flags, env)
 
-    settings = dict(model=args.model, stages=args.stages, batch=args.batch, steps=args.steps, search=search,
-                    max_batch=args.max_batch, granularity=args.granularity, threads=args.threads,
-                    what="GPU: torch.cuda peak allocated/reserved; CPU: peak RSS of the process, not GPU memory",
-                    )  # fmt: skip
+    settings = dict(
+        model=args.model,
+        stages=args.stages,
+        batch=args.batch,
+        steps=args.steps,
+        search=search,
+        max_batch=args.max_batch,
+        granularity=args.granularity,
+        threads=args.threads,
+        what="GPU: torch.cuda peak allocated/reserved; CPU: peak RSS of the process, not GPU memory",
+    )
     result = record("zero_memory", device, settings)
     print(f"ZeRO memory, {args.model}, on {result['device']['name']}; {result['command']}", flush=True)
     rows = []
     for stage in args.stages:
-        row: dict[str, Any] = {"model": args.model, "zero_stage": stage, "batch": args.batch,
-                               "measure": "cuda_peak" if gpu else "cpu_peak_rss"}  # fmt: skip
+        row: dict[str, Any] = {
+            "model": args.model,
+            "zero_stage": stage,
+            "batch": args.batch,
+            "measure": "cuda_peak" if gpu else "cpu_peak_rss",
+        }
         row |= measure(stage, args.batch)
         if search:
             probes: list[dict[str, Any]] = []

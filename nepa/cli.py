@@ -62,8 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_verb(verb, subparsers[verb], rest)
     except Stopped as e:
-        print(f"nepa {verb}: stopped by signal {e.signum} before training; nothing written is half-done, "
-              f"run the same command again to continue (exit {EXIT_REQUEUE})", file=sys.stderr)  # fmt: skip
+        print(
+            f"nepa {verb}: stopped by signal {e.signum} before training; nothing written is half-done, "
+            f"run the same command again to continue (exit {EXIT_REQUEUE})",
+            file=sys.stderr,
+        )
         return EXIT_REQUEUE
     except UserError as e:
         print(f"nepa {verb}: error: {e}", file=sys.stderr)

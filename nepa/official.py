@@ -60,9 +60,20 @@ ACTIVATIONS = {
     "relu": "relu",
 }
 DESCRIPTIVE = {
-    "architectures", "dtype", "torch_dtype", "initializer_range", "model_type", "transformers_version",
-    "id2label", "label2id", "problem_type", "num_labels", "add_pooling_layer", "hidden_act", "num_prompt_token",
-}  # fmt: skip
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "initializer_range",
+    "model_type",
+    "transformers_version",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "num_labels",
+    "add_pooling_layer",
+    "hidden_act",
+    "num_prompt_token",
+}
 
 # official key <-> our key, as templates: {i} a block index, {p} weight|bias, {n} q_norm|k_norm.
 # query/key/value are fused into our qkv separately (QKV below).

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from nepa.config import Params
+from nepa.files import atomic_write_text
 from nepa.plan import Job, plan_jobs
 from nepa.presets import pretraining_source
 
@@ -257,9 +258,7 @@ def follow_dvc_remote(root: Path, params: Params) -> None:
         return  # params outside a DVC project (a run folder, a test)
     text = dvc_config(params)
     if not config.is_file() or config.read_text() != text:
-        partial = config.with_name(f"config.{os.getpid()}.partial")  # stages may start together: each its own
-        partial.write_text(text)
-        os.replace(partial, config)
+        atomic_write_text(config, text)  # stages may start together: each writes its own temporary file
         print(f"nepa: {config}: DVC remote set to {params.dvc_remote} (params dvc_remote)", file=sys.stderr)
     if problem := remote_problem(root, params.dvc_remote):
         print(

@@ -128,11 +128,18 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self.write_conf()
         logs = self.root / "log"
         self._spawn(
-            ["munged", "-F", f"--socket={munge / 'munge.socket'}", f"--key-file={MUNGE_KEY}",
-             f"--log-file={munge / 'munged.log'}", f"--pid-file={munge / 'munged.pid'}",
-             f"--seed-file={munge / 'munged.seed'}"],
-            logs / "munged.out", user="munge",
-        )  # fmt: skip
+            [
+                "munged",
+                "-F",
+                f"--socket={munge / 'munge.socket'}",
+                f"--key-file={MUNGE_KEY}",
+                f"--log-file={munge / 'munged.log'}",
+                f"--pid-file={munge / 'munged.pid'}",
+                f"--seed-file={munge / 'munged.seed'}",
+            ],
+            logs / "munged.out",
+            user="munge",
+        )
         self._wait(lambda: (munge / "munge.socket").exists(), timeout_s, "munged socket")
         self._spawn(["slurmctld", "-D", "-f", str(self.conf)], logs / "slurmctld.out")
         self._spawn(["slurmd", "-D", "-f", str(self.conf), "-N", self.node], logs / "slurmd.out")

@@ -34,8 +34,14 @@ def bench(script: str, out: Path, *args: str) -> dict:
     """Run a benchmark on CPU, one thread; its single JSON result (and check the CSV beside it)."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env |= {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--device", "cpu", "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--device", "cpu", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [path] = out.glob("*.json")
     result = json.loads(path.read_text())
@@ -111,8 +117,14 @@ def test_analytic_flops_match_torch_flop_counter(gated: bool) -> None:
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model.forward_features(torch.randn(2, 3, 32, 32))
     cfg = model.cfg
-    arch = dict(img_size=32, patch_size=4, embed_dim=cfg.embed_dim, depth=cfg.depth, mlp_hidden_dim=cfg.mlp_hidden_dim,
-                mlp_gated=gated)  # fmt: skip
+    arch = dict(
+        img_size=32,
+        patch_size=4,
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        mlp_hidden_dim=cfg.mlp_hidden_dim,
+        mlp_gated=gated,
+    )
     assert forward_flops(**arch, causal=False) == counter.get_total_flops() / 2
     t, d = 65, cfg.embed_dim
     assert (

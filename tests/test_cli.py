@@ -24,8 +24,10 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, body in (("sbatch", 'echo "$@" >> submissions; echo "sbatch: error: refused by the test" >&2; exit 1'),
-                       ("srun", "exit 1")):  # fmt: skip
+    for name, body in (
+        ("sbatch", 'echo "$@" >> submissions; echo "sbatch: error: refused by the test" >&2; exit 1'),
+        ("srun", "exit 1"),
+    ):
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

@@ -25,8 +25,12 @@ from nepa.data.transforms import SEGMENT_VIEWS
 from nepa.errors import UserError
 
 TRAIN, VAL, SCENES, PER_SHARD = 300, 100, (24, 8), 64
-SMALL = [f"data.embedded_images=[{TRAIN},{VAL}]", f"data.embedded_scenes=[{SCENES[0]},{SCENES[1]}]",
-         f"data.images_per_shard={PER_SHARD}", "data.workers=2"]  # fmt: skip
+SMALL = [
+    f"data.embedded_images=[{TRAIN},{VAL}]",
+    f"data.embedded_scenes=[{SCENES[0]},{SCENES[1]}]",
+    f"data.images_per_shard={PER_SHARD}",
+    "data.workers=2",
+]
 
 
 def nepa(root: Path, *args: str) -> int:
@@ -216,8 +220,9 @@ def _empty_class(raw: Path) -> Path:
         ("imagenet", "train", _empty_class, "empty class folder", None),
     ],
 )
-def test_bad_input(prepared: Path, tmp_path: Path, capsys, dataset: str, split: str, damage, says: str,
-                   rows_lost: int | None) -> None:  # fmt: skip
+def test_bad_input(
+    prepared: Path, tmp_path: Path, capsys, dataset: str, split: str, damage, says: str, rows_lost: int | None
+) -> None:
     root = copy_of(prepared, tmp_path)
     before = shard_bytes(root, dataset)
     rows = manifest(root, dataset)["splits"][split]["rows"]
@@ -239,11 +244,15 @@ def test_bad_input(prepared: Path, tmp_path: Path, capsys, dataset: str, split: 
 def test_missing_source(tmp_path: Path, capsys) -> None:
     assert nepa(tmp_path, "prepare", "imagenet", "--src", str(tmp_path / "nowhere")) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"nepa prepare: error: {tmp_path / 'nowhere'}: ImageNet folder not found; pass --src the dataset " \
-        "folder (or set it in params.yaml)"  # fmt: skip
+    assert (
+        err == f"nepa prepare: error: {tmp_path / 'nowhere'}: ImageNet folder not found; pass --src the dataset "
+        "folder (or set it in params.yaml)"
+    )
     assert nepa(tmp_path, "prepare", "ade20k") == 2  # embedded scale, raw layouts not written yet
-    assert capsys.readouterr().err.strip() == f"nepa prepare: error: {tmp_path / 'data/raw/ADEChallengeData2016'}: " \
-        "not found; run `nepa prepare embedded` first (it writes the embedded raw layouts)"  # fmt: skip
+    assert (
+        capsys.readouterr().err.strip() == f"nepa prepare: error: {tmp_path / 'data/raw/ADEChallengeData2016'}: "
+        "not found; run `nepa prepare embedded` first (it writes the embedded raw layouts)"
+    )
 
 
 def test_damaged_shard_is_refused_by_the_loader(prepared: Path, tmp_path: Path) -> None:
@@ -283,8 +292,10 @@ def test_same_batches_for_any_workers_and_after_resume(prepared: Path) -> None:
 
 def test_ranks_read_disjoint_samples_and_global_batches_do_not_depend_on_world(prepared: Path) -> None:
     n = TRAIN
-    ranks = [list(StridedBatches(n, batch_size=8, rank=r, world=3, seed=0, epoch=0, start_batch=0, drop_last=True))
-             for r in range(3)]  # fmt: skip
+    ranks = [
+        list(StridedBatches(n, batch_size=8, rank=r, world=3, seed=0, epoch=0, start_batch=0, drop_last=True))
+        for r in range(3)
+    ]
     seen = [i for batches_ in ranks for b in batches_ for i in b]
     assert len(seen) == len(set(seen)) == n // 3 // 8 * 8 * 3
     one = list(StridedBatches(n, batch_size=24, rank=0, world=1, seed=0, epoch=0, start_batch=0, drop_last=True))
@@ -296,13 +307,17 @@ def test_ranks_read_disjoint_samples_and_global_batches_do_not_depend_on_world(p
     assert torch.equal(x1[0::2], x2a) and torch.equal(x1[1::2], x2b)
     assert torch.equal(y1[0::2], y2a) and torch.equal(y1[1::2], y2b)
     # evaluation keeps every sample once; later ranks may hold one batch fewer
-    evals = [list(StridedBatches(VAL, batch_size=16, rank=r, world=3, seed=0, epoch=0, start_batch=0, drop_last=False))
-             for r in range(3)]  # fmt: skip
+    evals = [
+        list(StridedBatches(VAL, batch_size=16, rank=r, world=3, seed=0, epoch=0, start_batch=0, drop_last=False))
+        for r in range(3)
+    ]
     assert sorted(i for e in evals for b in e for i in b) == list(range(VAL))
     assert num_batches(prepared / "data/shards/imagenet/val", batch_size=16, world=3, drop_last=False) == len(evals[0])
     # 34 samples on 3 ranks: 12, 11, 11, so rank 0 has one batch of 11 more; each length is what it yields
-    uneven = [StridedBatches(34, batch_size=11, rank=r, world=3, seed=0, epoch=0, start_batch=0, drop_last=False)
-              for r in range(3)]  # fmt: skip
+    uneven = [
+        StridedBatches(34, batch_size=11, rank=r, world=3, seed=0, epoch=0, start_batch=0, drop_last=False)
+        for r in range(3)
+    ]
     assert [len(s) for s in uneven] == [len(list(s)) for s in uneven] == [2, 1, 1]
 
 

@@ -74,15 +74,20 @@ def test_resume_on_another_number_of_processes(root: Path, tmp_path: Path, stage
         state = read_state(latest_checkpoint(folder(runs) / "checkpoints"))
         assert (state.step, state.world) == (9, processes)
         (online, ema), (online_ref, ema_ref) = final(runs), final(reference)
-        assert torch.allclose(torch.tensor(losses(runs).values), torch.tensor(losses(reference).values),
-                              atol=LOSS_ATOL, rtol=0)  # fmt: skip
+        assert torch.allclose(
+            torch.tensor(losses(runs).values), torch.tensor(losses(reference).values), atol=LOSS_ATOL, rtol=0
+        )
         worst = close(online, online_ref, ONLINE_ATOL), close(ema, ema_ref, EMA_ATOL)
         print(f"ZeRO-{stage} {before} -> {processes}: largest difference online {worst[0]:.2e}, EMA {worst[1]:.2e}")
 
 
 @pytest.mark.slow
-def test_preempted_slurm_job_continues_with_fewer_tasks(slurm, shards: Path, tmp_path: Path,  # noqa: F811
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_preempted_slurm_job_continues_with_fewer_tasks(
+    slurm,
+    shards: Path,  # noqa: F811 (the fixture imported from test_slurm)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A 2-task `nepa pretrain` job gets USR2 (SLURM's signal before the time limit) and checkpoints; submitit
     requeues it, and instead of waiting for the same allocation the run is moved: the requeued job is
     cancelled and the same command is sent with one task. It resumes from the 2-task checkpoint and ends

@@ -28,7 +28,7 @@ from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
 from nepa.engine.pretrain import build_model, images_loss
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
-from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
+from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers, workers_started
 from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import EXIT_USAGE, UserError
 from nepa.models import create
@@ -200,6 +200,27 @@ def test_dataloader_workers_outlive_a_preemption_signal() -> None:
     shield_workers(loader)
     (seen,) = list(loader)
     assert [int(x) for x in seen] == [int(signal.SIG_IGN)] * 3 + [1]
+
+
+def test_a_worker_signalled_as_it_starts_survives() -> None:
+    """The signal can come between a worker's fork and its worker_init_fn: workers_started holds it until the
+    worker ignores it (this process's own handler gets its copy when the block ends)."""
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        loader = torch.utils.data.DataLoader(_Dispositions(), num_workers=2, worker_init_fn=_worker_init)
+        shield_workers(loader)
+        with workers_started():
+            iterator = iter(loader)
+            for worker in iterator._workers:  # at once: most have not reached their worker_init_fn yet
+                os.kill(worker.pid, signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert not received
+        assert received == [signal.SIGUSR1]
+        (seen,) = list(iterator)
+        assert [int(x) for x in seen] == [int(signal.SIG_IGN)] * 3 + [1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_resume_key_ignores_only_operational_params(tmp_path: Path) -> None:

@@ -33,10 +33,16 @@ from nepa.official import read_official
 DATA = ["data.embedded_images=[256,64]", "data.embedded_scenes=[4,2]", "data.images_per_shard=128"]
 # 256 images / 8 per micro-batch = 32 micro-batches, 2 per step on one process: 16 steps in the epoch.
 RUN = [
-    "pretrain.global_batch=16", "pretrain.micro_batch=8", "pretrain.epochs=1", "pretrain.warmup_epochs=0.1",
-    "pretrain.base_lr=0.02", "pretrain.log_every=1", "pretrain.checkpoint_every=3", "pretrain.num_workers=0",
+    "pretrain.global_batch=16",
+    "pretrain.micro_batch=8",
+    "pretrain.epochs=1",
+    "pretrain.warmup_epochs=0.1",
+    "pretrain.base_lr=0.02",
+    "pretrain.log_every=1",
+    "pretrain.checkpoint_every=3",
+    "pretrain.num_workers=0",
     "pretrain.max_steps=9",
-]  # fmt: skip
+]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -67,16 +73,23 @@ def command(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...]
 
 
 def nepa(root: Path, runs: Path, verb: str, *sets: str, args: tuple[str, ...] = (), **env: str):
-    return subprocess.run(command(root, runs, verb, *sets, args=args), env=environment(**env), capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        command(root, runs, verb, *sets, args=args), env=environment(**env), capture_output=True, text=True, timeout=600
+    )
 
 
 def start(root: Path, runs: Path, *sets: str, log: Path, **env: str) -> subprocess.Popen:
     """A background run in its own process group, output to `log` (a file: a full pipe would stall it)."""
     runs.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        return subprocess.Popen(command(root, runs, "pretrain", *sets), env=environment(**env), stdout=out,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            command(root, runs, "pretrain", *sets),
+            env=environment(**env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
 
 
 def two_processes(root: Path, runs: Path, *sets: str, on_start=None, **env: str) -> list[tuple[int, str]]:
@@ -84,10 +97,20 @@ def two_processes(root: Path, runs: Path, *sets: str, on_start=None, **env: str)
     port = str(29500 + os.getpid() % 1000)
     logs = [runs / f"rank{r}.log" for r in range(2)]
     procs = [
-        start(root, runs, *sets, log=logs[r], SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
-              MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **env)
+        start(
+            root,
+            runs,
+            *sets,
+            log=logs[r],
+            SLURM_PROCID=str(r),
+            SLURM_NTASKS="2",
+            SLURM_LOCALID=str(r),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            **env,
+        )
         for r in range(2)
-    ]  # fmt: skip
+    ]
     if on_start:
         on_start(procs)
     return [(p.wait(timeout=600), log.read_text()) for p, log in zip(procs, logs, strict=True)]
@@ -154,8 +177,13 @@ def test_a_build_lock_left_by_a_killed_run_does_not_hang_the_next(
     extensions = tmp_path / "torch_extensions"
     shutil.copytree(built, extensions / built.name)  # the op as built, so that its load is a no-op build
     (extensions / built.name / "lock").touch()
-    done = subprocess.run(command(root, tmp_path, "pretrain", "pretrain.max_steps=1"), capture_output=True, text=True,
-                          env=environment(TORCH_EXTENSIONS_DIR=str(extensions)), timeout=180)  # fmt: skip
+    done = subprocess.run(
+        command(root, tmp_path, "pretrain", "pretrain.max_steps=1"),
+        capture_output=True,
+        text=True,
+        env=environment(TORCH_EXTENSIONS_DIR=str(extensions)),
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
     assert "left by an interrupted DeepSpeed op build" in done.stderr
     assert not (extensions / built.name / "lock").exists()
@@ -169,8 +197,11 @@ def test_without_a_compiler_two_processes_train_over_plain_gloo(root: Path, tmp_
     no_compiler.mkdir()
     for name in ("cc", "c++", "gcc", "g++"):
         (no_compiler / name).symlink_to(shutil.which("false"))
-    env = {"PATH": f"{no_compiler}:{os.environ['PATH']}", "CXX": str(no_compiler / "c++"),
-           "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}  # fmt: skip
+    env = {
+        "PATH": f"{no_compiler}:{os.environ['PATH']}",
+        "CXX": str(no_compiler / "c++"),
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions"),
+    }
     for status, output in two_processes(root, tmp_path / "runs", "pretrain.max_steps=2", **env):
         assert status == 0, output
         assert "collectives use plain gloo" in output
@@ -286,8 +317,9 @@ def test_single_node_launchers(root: Path, tmp_path: Path, launcher: str) -> Non
         "deepspeed": [bin_dir / "deepspeed", "--num_gpus", "2", "--master_port", port, "--no_local_rank", "--module"],
     }[launcher]
     args = arguments(root, tmp_path, "pretrain", "pretrain.max_steps=2")
-    done = subprocess.run([*map(str, start_), "nepa.cli", *args], env=environment(), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [*map(str, start_), "nepa.cli", *args], env=environment(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     state = read_state(latest_checkpoint(folder(tmp_path) / "checkpoints"))
     assert (state.step, state.world) == (2, 2)

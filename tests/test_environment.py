@@ -59,7 +59,7 @@ def test_image_name_and_version_come_from_one_place() -> None:
     assert project["version"] == nepa.__version__
     assert nepa.IMAGE.endswith(f":{nepa.__version__}")
     assert re.search(r"ARG VERSION=" + re.escape(nepa.__version__), (ROOT / "Dockerfile").read_text())
-    snakefile = (ROOT / "workflow/Snakefile").read_text()
+    snakefile = (ROOT / "Snakefile").read_text()
     assert 'container: f"docker://{IMAGE}"' in snakefile and "from nepa import IMAGE" in snakefile
     assert 'runpy.run_path("nepa/__init__.py")["IMAGE"]' in (ROOT / ".github/workflows/release.yml").read_text()
 

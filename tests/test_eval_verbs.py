@@ -157,8 +157,10 @@ def test_bad_inputs_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def root(fashion_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """params.yaml, prepared tiny ImageNet/ADE20K shards, and a tiny model file standing in for an export."""
     root = tmp_path_factory.mktemp("eval")
-    lines = [f"data:\n  root: {root / 'data'}\n  embedded_images: [128, 64]\n  embedded_scenes: [16, 8]\n",
-             "  images_per_shard: 64\n  workers: 1\n"]  # fmt: skip
+    lines = [
+        f"data:\n  root: {root / 'data'}\n  embedded_images: [128, 64]\n  embedded_scenes: [16, 8]\n",
+        "  images_per_shard: 64\n  workers: 1\n",
+    ]
     (root / "params.yaml").write_text("".join(lines))
     for dataset in ("embedded", "imagenet", "ade20k"):
         assert nepa_main(["prepare", dataset, "--params", str(root / "params.yaml")]) == 0
@@ -189,9 +191,17 @@ def test_probe_reports_both_poolings(root: Path, tmp_path: Path) -> None:
     assert all(0 <= v <= 100 for v in m.values()) and m["val_top5_mean"] >= m["val_top1_mean"]
 
 
-FINETUNE = ["finetune.global_batch=16", "finetune.micro_batch=8", "finetune.epochs=1", "finetune.warmup_epochs=0.25",
-            "finetune.max_steps=4", "finetune.checkpoint_every=2", "finetune.log_every=1", "finetune.num_workers=0",
-            "finetune.base_lr=0.01"]  # fmt: skip
+FINETUNE = [
+    "finetune.global_batch=16",
+    "finetune.micro_batch=8",
+    "finetune.epochs=1",
+    "finetune.warmup_epochs=0.25",
+    "finetune.max_steps=4",
+    "finetune.checkpoint_every=2",
+    "finetune.log_every=1",
+    "finetune.num_workers=0",
+    "finetune.base_lr=0.01",
+]
 
 
 @pytest.mark.slow
@@ -223,8 +233,15 @@ def test_finetune_resumes_bit_identical_after_a_kill(root: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_segment_runs_and_scores(root: Path, tmp_path: Path) -> None:
-    sets = ["segment.iterations=2", "segment.warmup_iterations=1", "segment.global_batch=4", "segment.micro_batch=4",
-            "segment.crop=32", "segment.channels=16", "segment.num_workers=0"]  # fmt: skip
+    sets = [
+        "segment.iterations=2",
+        "segment.warmup_iterations=1",
+        "segment.global_batch=4",
+        "segment.micro_batch=4",
+        "segment.crop=32",
+        "segment.channels=16",
+        "segment.num_workers=0",
+    ]
     assert (done := nepa(root, tmp_path, "segment", *sets)).returncode == 0, done.stderr
     m = metrics(tmp_path / "tiny-nepa" / "segment")
     assert 0 <= m["val_miou"] <= 1 and 0 <= m["val_pixel_acc"] <= 1

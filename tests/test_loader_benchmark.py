@@ -13,12 +13,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str) -> None:
+    """benchmarks/`script` with `args`, in a fresh process from the repository root; its output's tail if it fails."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def test_loader_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     pytest.importorskip("skimage", reason="scikit-image (envs/requirements-dev.txt) makes the benchmark's photographs")
     args = ["--images", "130", "--workers", "0", "--repeats", "1", "--breakdown", "4", "--out", str(tmp_path)]
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/loader_throughput.py"), *args], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_benchmark("loader_throughput.py", *args)
     result = json.loads((tmp_path / "loader_throughput.json").read_text())
     assert result["workload"]["images"] == 130 and 20 < result["workload"]["mean_kb"] < 300
     assert result["machine"]["cpu"] and result["machine"]["versions"]["simplejpeg"]
@@ -39,9 +49,7 @@ def test_loader_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
 def test_read_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     pytest.importorskip("skimage", reason="scikit-image (envs/requirements-dev.txt) makes the benchmark's photographs")
     args = ["--images", "300", "--per-shard", "100", "--samples", "128", "--keep-cache", "--out", str(tmp_path)]
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/loader_reads.py"), *args], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_benchmark("loader_reads.py", *args)
     result = json.loads((tmp_path / "loader_reads.json").read_text())
     assert result["workload"]["shards"] == 3 and result["workload"]["samples_read"] == 128
     runs = result["results"]

@@ -4,12 +4,11 @@ produce metrics and the report, and a second run does nothing."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from test_workflow import run
+from test_workflow import copy_workflow, run
 
 ROOT = Path(__file__).resolve().parents[1]
 REDUCED = """
@@ -35,20 +34,17 @@ probe: {{epochs: 2, num_workers: 0}}
 segment: {{iterations: 6, global_batch: 8, micro_batch: 8, warmup_iterations: 2, num_workers: 0}}
 launcher: {launcher}
 """
-METRICS = ["runs/tiny-nepa/finetune/metrics.json", "runs/tiny-nepa/probe/metrics.json",
-           "runs/tiny-nepa/segment/metrics.json", "runs/tiny-nepa/pretrain/metrics.json"]  # fmt: skip
+METRICS = [
+    "runs/tiny-nepa/finetune/metrics.json",
+    "runs/tiny-nepa/probe/metrics.json",
+    "runs/tiny-nepa/segment/metrics.json",
+    "runs/tiny-nepa/pretrain/metrics.json",
+]
 
 
 def project_copy(tmp_path: Path, launcher: str = "{kind: local}") -> Path:
     """The pipeline files in a fresh git repository, with reduced params (launcher: its params section)."""
-    work = tmp_path / "project"
-    work.mkdir()
-    for name in ("workflow", "nepa", ".dvc", ".dvcignore", "pyproject.toml"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, work / name)
+    work = copy_workflow(tmp_path / "project")
     (work / "params.yaml").write_text(REDUCED.format(remote=tmp_path / "remote", launcher=launcher))
     run("git", "init", "-q", cwd=work)
     run(sys.executable, "-m", "nepa.pipeline", str(work), cwd=work)

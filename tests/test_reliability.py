@@ -53,8 +53,13 @@ def said(stderr: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("dataset", "damage"), [("imagenet", _truncate), ("ade20k", _wrong_mask_size)])
-def test_a_failed_prepare_leaves_the_previous_shards_readable(prepared: Path, tmp_path: Path, capsys,  # noqa: F811
-                                                              dataset: str, damage) -> None:  # fmt: skip
+def test_a_failed_prepare_leaves_the_previous_shards_readable(
+    prepared: Path,  # noqa: F811 (the fixture imported from test_data)
+    tmp_path: Path,
+    capsys,
+    dataset: str,
+    damage,
+) -> None:
     """Sources change (a newer file, so shards must be rewritten) and one of them is bad: the run stops with
     its one line, and the manifest and shards of the previous run are still there, matching each other."""
     work = copy_of(prepared, tmp_path)

@@ -93,7 +93,7 @@ def test_bad_params_fail_before_any_job_is_submitted(workdir: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "nepa params: error: params.yaml: pretrain.epochs: Input should be a valid number (got 'x')"
-    )  # fmt: skip
+    )
     assert not (workdir / "runs").exists()
 
 
@@ -187,7 +187,7 @@ def test_stopping_the_waiting_verb_cancels_its_job(slurm, workdir: Path) -> None
     job_id, _, stderr_log = submitted(log.read_text())
     assert log.read_text().rstrip().splitlines()[-1] == (
         f"nepa prepare: interrupted; cancelled SLURM job {job_id}; log: {stderr_log}"
-    )  # fmt: skip
+    )
     wait_for(lambda: slurm.job_state(job_id) == "CANCELLED", 60, "cancelled job")
 
 
@@ -234,13 +234,22 @@ def test_preempted_stage_is_requeued_and_completes(slurm, workdir: Path, interru
 # A tiny run as in tests/test_engine_runs.py: 256 images, 8-image micro-batches, 16 steps of 16 images.
 PRETRAIN_DATA = ["data.embedded_images=[256,64]", "data.embedded_scenes=[4,2]", "data.images_per_shard=128"]
 PRETRAIN_RUN = [
-    "pretrain.global_batch=16", "pretrain.micro_batch=8", "pretrain.epochs=1", "pretrain.warmup_epochs=0.1",
-    "pretrain.log_every=1", "pretrain.checkpoint_every=4", "pretrain.num_workers=0",
+    "pretrain.global_batch=16",
+    "pretrain.micro_batch=8",
+    "pretrain.epochs=1",
+    "pretrain.warmup_epochs=0.1",
+    "pretrain.log_every=1",
+    "pretrain.checkpoint_every=4",
+    "pretrain.num_workers=0",
     # two SLURM tasks on the node's two CPUs: ranks and rendezvous come from submitit's job environment
-    "launcher.kind=submitit", "launcher.processes=2", "launcher.slurm.cpus_per_task=1", "launcher.slurm.mem_gb=4",
+    "launcher.kind=submitit",
+    "launcher.processes=2",
+    "launcher.slurm.cpus_per_task=1",
+    "launcher.slurm.mem_gb=4",
     # params check every stage's batch against the 2 SLURM tasks, not only pretrain's
-    "finetune.global_batch=128", "segment.global_batch=16",
-]  # fmt: skip
+    "finetune.global_batch=128",
+    "segment.global_batch=16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -371,8 +380,9 @@ def test_dvc_repro_dispatches_a_stage_the_same_way(slurm, tmp_path: Path) -> Non
     work = project_copy(tmp_path, launcher=ON_SLURM)
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
     env = {**os.environ, "NEPA_LAUNCHER": "submitit", "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    out = subprocess.run(["dvc", "repro", "prepare_embedded"], cwd=work, env=env, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+    out = subprocess.run(
+        ["dvc", "repro", "prepare_embedded"], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     job = re.search(r"nepa prepare: submitted SLURM job (\d+)", out.stdout + out.stderr)
     assert job and (work / f"runs/slurm/prepare/{job[1]}/{job[1]}_0_result.pkl").exists()

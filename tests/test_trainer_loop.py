@@ -93,5 +93,7 @@ def test_no_host_read_between_log_steps_and_rows_reach_tensorboard(
         assert [e.value for e in scalars] == pytest.approx(rows[name].tolist(), rel=1e-6)
     between = [s for s in range(1, STEPS) if s not in allowed]
     deepspeed_per_step = sum(n for (who, step), n in reads.seen.items() if who == "other" and step in between)
-    print(f"ZeRO-{zero_stage}: DeepSpeed's own host reads per step between log steps: "
-          f"{deepspeed_per_step / len(between):.1f}")  # fmt: skip
+    print(
+        f"ZeRO-{zero_stage}: DeepSpeed's own host reads per step between log steps: "
+        f"{deepspeed_per_step / len(between):.1f}"
+    )

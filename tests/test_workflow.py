@@ -93,11 +93,21 @@ def test_snakemake_and_dvc_build_the_same_dag() -> None:
     assert dvc_deps["finetune@tiny-nepa"] == {"runs/tiny-nepa/export", "data/shards/imagenet"}
 
 
+def copy_workflow(folder: Path) -> Path:
+    """The files the workflow runs from (Snakefile, its profile, rules, nepa, DVC's config) copied into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "profiles", "workflow", "nepa", ".dvc", ".dvcignore", "pyproject.toml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, folder / name)
+    return folder
+
+
 def test_dag_grows_with_sizes_and_variants(tmp_path: Path) -> None:
     """Both tools expand the per-model stages over params' sizes x variants the same way."""
-    for name in ("workflow", "nepa", ".dvc", ".dvcignore", "pyproject.toml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_workflow(tmp_path)
     text = (ROOT / "params.yaml").read_text().replace("variants: [nepa]", "variants: [nepa, no_stop_grad]")
     (tmp_path / "params.yaml").write_text(text)
     run("git", "init", "-q", cwd=tmp_path)

@@ -4,11 +4,10 @@ embedded data; DVC's dvc.yaml is the same DAG; runs per seed have their own fold
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from test_workflow import ROOT, dvc_jobs, run, snakemake_jobs
+from test_workflow import copy_workflow, dvc_jobs, run, snakemake_jobs
 
 from nepa.config import load_params
 from nepa.plan import plan_jobs
@@ -21,11 +20,7 @@ FULL = (
 
 def project(tmp_path: Path, params: str) -> Path:
     """A copy of the workflow with its own params.yaml, dvc.yaml rendered for it, and dataset folders."""
-    work = tmp_path / "project"
-    work.mkdir()
-    for name in ("workflow", "nepa", ".dvc", ".dvcignore", "pyproject.toml"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    work = copy_workflow(tmp_path / "project")
     (work / "params.yaml").write_text(params)
     for dataset in ("imagenet", "ade"):  # Snakemake checks that a source exists, even in a dry run
         (tmp_path / "datasets" / dataset).mkdir(parents=True)

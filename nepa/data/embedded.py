@@ -47,8 +47,12 @@ from nepa.data.parallel import run_parallel
 from nepa.errors import UserError
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-         "t10k-labels-idx1-ubyte.gz")  # fmt: skip
+FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 DEBS = Path(".cache/debs")  # where the setup script unpacks Debian packages when it cannot install them
 STAMP = ".nepa-embedded.json"
 ITEM_THRESHOLD = 16  # FMNIST background is ~0; fainter pixels are neither drawn nor labelled
@@ -214,13 +218,23 @@ def prepare_embedded(params: Params, fashion_mnist_dir: str | None = None) -> No
     raw = Path(d.root) / "raw"
     source = "Fashion-MNIST (Debian dataset-fashion-mnist)"
     imagenet = {"source": source, "images": list(d.embedded_images), "image_size": d.embedded_image_size}
-    ade20k = {"source": source, "scenes": list(d.embedded_scenes), "scene_size": d.embedded_scene_size,
-              "seed": params.seed}  # fmt: skip
+    ade20k = {
+        "source": source,
+        "scenes": list(d.embedded_scenes),
+        "scene_size": d.embedded_scene_size,
+        "seed": params.seed,
+    }
     jobs: list[tuple[Path, dict, Callable[[Path], None]]] = [
-        (raw / "imagenet", imagenet,
-         lambda out: write_imagenet(out, fmnist, d.embedded_images, d.embedded_image_size, d.workers)),
-        (raw / "ADEChallengeData2016", ade20k,
-         lambda out: write_ade20k(out, fmnist, d.embedded_scenes, d.embedded_scene_size, params.seed, d.workers)),
-    ]  # fmt: skip
+        (
+            raw / "imagenet",
+            imagenet,
+            lambda out: write_imagenet(out, fmnist, d.embedded_images, d.embedded_image_size, d.workers),
+        ),
+        (
+            raw / "ADEChallengeData2016",
+            ade20k,
+            lambda out: write_ade20k(out, fmnist, d.embedded_scenes, d.embedded_scene_size, params.seed, d.workers),
+        ),
+    ]
     for final, stamp, fill in jobs:
         print(f"{final}: {'written' if write_folder(final, stamp, fill) else 'up to date (same params)'}")

@@ -151,9 +151,12 @@ def init(env: DistEnv) -> torch.device:
     # A lone process picks a free port so that concurrent single-process runs on one host do not collide.
     port = os.environ.get("MASTER_PORT") or str(DEFAULT_PORT if env.world > 1 else _free_port())
     os.environ.update(
-        RANK=str(env.rank), WORLD_SIZE=str(env.world), LOCAL_RANK=str(env.local_rank),
-        MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), MASTER_PORT=port,
-    )  # fmt: skip
+        RANK=str(env.rank),
+        WORLD_SIZE=str(env.world),
+        LOCAL_RANK=str(env.local_rank),
+        MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        MASTER_PORT=port,
+    )
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env.local_rank)

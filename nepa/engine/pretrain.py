@@ -68,10 +68,17 @@ def main(args: argparse.Namespace, params: Params) -> int:
     rng.seed_all(params.seed)  # the same initial weights on every rank
     model = build_model(params)
     loader: dict[str, Any] = dict(
-        batch_size=p.micro_batch, rank=env.rank, world=env.world, seed=params.seed, num_workers=p.num_workers,
-        verify=params.data.verify_shards, image_size=model.cfg.img_size, crop_scale=p.crop_scale,
-        decode=params.data.decode, device=device,  # images arrive on the device, normalised there
-    )  # fmt: skip
+        batch_size=p.micro_batch,
+        rank=env.rank,
+        world=env.world,
+        seed=params.seed,
+        num_workers=p.num_workers,
+        verify=params.data.verify_shards,
+        image_size=model.cfg.img_size,
+        crop_scale=p.crop_scale,
+        decode=params.data.decode,
+        device=device,  # images arrive on the device, normalised there
+    )
     task = Task(
         model=model,
         loss=functools.partial(images_loss, objective=params.objective),

@@ -24,9 +24,10 @@ checkpoint is complete instead of racing it, and the requeued job resumes from i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 import torch
@@ -36,7 +37,7 @@ from torch.utils.data import DataLoader
 from nepa.engine.distributed import several_processes
 from nepa.stopping import EXIT_REQUEUE, PREEMPTION_SIGNALS, stop
 
-__all__ = ["EXIT_REQUEUE", "Preemption", "shield_workers"]
+__all__ = ["EXIT_REQUEUE", "Preemption", "shield_workers", "workers_started"]
 
 
 class Preemption:
@@ -80,6 +81,7 @@ class Preemption:
 def _ignore_preemption(worker_init: Callable[[int], None] | None, worker_id: int) -> None:
     for sig in PREEMPTION_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)  # blocked since the fork (workers_started)
     if worker_init is not None:
         worker_init(worker_id)
 
@@ -94,3 +96,15 @@ def shield_workers(batches: object) -> None:
     """
     if isinstance(batches, DataLoader) and batches.num_workers > 0:
         batches.worker_init_fn = functools.partial(_ignore_preemption, batches.worker_init_fn)
+
+
+@contextlib.contextmanager
+def workers_started() -> Iterator[None]:
+    """Hold the preemption signals while a DataLoader forks its workers: a worker signalled between its fork
+    and its worker_init_fn (shield_workers) would still die of it. The workers inherit the blocked signals and
+    unblock them once they ignore them; this process receives what came meanwhile when the block ends."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)

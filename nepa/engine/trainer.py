@@ -35,7 +35,7 @@ from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
-from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
+from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers, workers_started
 from nepa.errors import UserError
 
 EXIT_NONFINITE = 3
@@ -279,7 +279,8 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             loader = self.task.batches(state.epoch, state.batch)
             shield_workers(loader)
-            iterator = iter(loader)
+            with workers_started():
+                iterator = iter(loader)
         while True:
             with torch.random.fork_rng(devices=[]):
                 batch = next(iterator, None)

@@ -29,13 +29,12 @@ from torch import Tensor, nn
 from nepa.config import FinetuneParams, Params
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
-from nepa.engine.checkpoint import resume_key
 from nepa.engine.ema import Ema
-from nepa.engine.trainer import Task, TrainConfig, Trainer
+from nepa.engine.trainer import Task, Trainer
 from nepa.eval import layer_decay, stage
 from nepa.eval.classify import accuracy
 from nepa.models import NepaViT
-from nepa.provenance import sha256_file, write_metrics
+from nepa.provenance import write_metrics
 
 VERB = "finetune"
 WEIGHTS = ("online", "ema")
@@ -158,16 +157,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         evaluate=evaluator,
         eval_fields=Evaluator.fields(f.ema_decay is not None),
     )
-    manifest = train.parent / "manifest.json"
-    card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
-    cfg = TrainConfig.from_section(
-        f,
-        folder=folder,
-        seed=params.seed,
-        name=f"nepa {VERB}",
-        card=card,
-        resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(manifest)),
-    )
+    cfg = stage.train_config(f, params, VERB, weights, train, folder)
     trainer = Trainer(cfg, task, env, device)
     status = trainer.fit()
     if status == 0:

@@ -29,14 +29,13 @@ from tqdm import tqdm
 from nepa.config import Params, SegmentParams
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
-from nepa.engine.checkpoint import resume_key
 from nepa.engine.distributed import several_processes
-from nepa.engine.trainer import Task, TrainConfig, Trainer
+from nepa.engine.trainer import Task, Trainer
 from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
 from nepa.eval.miou import IGNORE, confusion_matrix, majority_baseline, scores
 from nepa.eval.upernet import UperNet
-from nepa.provenance import sha256_file, write_metrics
+from nepa.provenance import write_metrics
 
 VERB = "segment"
 AUX_WEIGHT = 0.4  # the mmseg UperNet configs' auxiliary FCN loss weight
@@ -140,8 +139,14 @@ def main(args: argparse.Namespace, params: Params) -> int:
     device = distributed.init(env)
 
     model = build_model(params, weights, num_classes, device, env.world)
-    loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
-                               num_workers=s.num_workers, verify=params.data.verify_shards)  # fmt: skip
+    loader = functools.partial(
+        make_loader,
+        rank=env.rank,
+        world=env.world,
+        seed=params.seed,
+        num_workers=s.num_workers,
+        verify=params.data.verify_shards,
+    )
     train_batches = functools.partial(loader, "segment_train", train, batch_size=s.micro_batch, crop=s.crop)
     task = Task(
         model=model,
@@ -151,18 +156,17 @@ def main(args: argparse.Namespace, params: Params) -> int:
         param_groups=layer_decay.param_groups(model, s.weight_decay, prefix="backbone."),
         lr_scale=functools.partial(layer_decay.lr_scale, start=s.layer_decay, ramp=False),
     )
-    card = {"init": str(weights or stage.RANDOM), "data": str(train), "model": params.model.timm_name}
-    cfg = TrainConfig.from_section(
+    cfg = stage.train_config(
         s,
-        folder=folder,
-        seed=params.seed,
-        name=f"nepa {VERB}",
-        card=card,
+        params,
+        VERB,
+        weights,
+        train,
+        folder,
         ema_decay=None,
         base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
         steps=s.iterations,
         warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
-        resume_key=resume_key(params, (VERB,), stage.digest(weights), sha256_file(train.parent / "manifest.json")),
     )
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:
@@ -180,7 +184,15 @@ def main(args: argparse.Namespace, params: Params) -> int:
             metrics = {f"val_{k}": v for k, v in scores(confusion).items()}
             metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion).items()}
             wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
-            write_metrics(folder, VERB, metrics, params, checkpoint=weights, seconds=wall_s,
-                          init=str(weights or stage.RANDOM), taps=list(model.taps))  # fmt: skip
+            write_metrics(
+                folder,
+                VERB,
+                metrics,
+                params,
+                checkpoint=weights,
+                seconds=wall_s,
+                init=str(weights or stage.RANDOM),
+                taps=list(model.taps),
+            )
     distributed.shutdown()
     return status

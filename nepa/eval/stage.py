@@ -1,4 +1,5 @@
-"""What the downstream verbs share: the backbone they start from, the shards they read, where they write.
+"""What the downstream verbs share: the backbone they start from, the shards they read, where they write, the
+engine config they train with (its model card and resume key).
 
 The backbone is the run's EMA export, `{runs}/{size}-{variant}/export/model.safetensors` (`nepa export`),
 by default; `--init PATH` takes another nepa model file (e.g. `nepa import-official` of the released
@@ -11,7 +12,11 @@ import argparse
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pydantic import BaseModel
+
 from nepa.config import Params
+from nepa.engine.checkpoint import resume_key
+from nepa.engine.trainer import TrainConfig
 from nepa.errors import require_file
 from nepa.models import NepaViT, create
 from nepa.provenance import sha256_file
@@ -85,3 +90,16 @@ def split_dir(params: Params, dataset: str, split: str) -> Path:
 def digest(weights: Path | None) -> str:
     """The backbone's sha256 (for the resume key), or RANDOM for random initialisation."""
     return sha256_file(weights) if weights else RANDOM
+
+
+def train_config(
+    section: BaseModel, params: Params, verb: str, weights: Path | None, train: Path, folder: Path, **overrides: Any
+) -> TrainConfig:
+    """The engine's config of a downstream verb from its params `section`: its model card (the backbone it starts
+    from, the data, the architecture) and a resume key over the section, the backbone and the split's manifest,
+    so a checkpoint of other params, weights or data is never resumed; `overrides` replace section fields."""
+    card = {"init": str(weights or RANDOM), "data": str(train), "model": params.model.timm_name}
+    key = resume_key(params, (verb,), digest(weights), sha256_file(train.parent / "manifest.json"))
+    return TrainConfig.from_section(
+        section, folder=folder, seed=params.seed, name=f"nepa {verb}", card=card, resume_key=key, **overrides
+    )

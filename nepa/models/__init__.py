@@ -76,8 +76,10 @@ def load_weights(model: NepaViT, state: dict[str, torch.Tensor], source: str) ->
             f"has {list(own[k].shape)}" + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else "") + f"; {fix}"
         )
     if missing or unexpected:
-        raise UserError(f"{source}: does not fit the model its header describes (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}); {fix}")  # fmt: skip
+        raise UserError(
+            f"{source}: does not fit the model its header describes (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); {fix}"
+        )
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
 

@@ -5,7 +5,8 @@
 #   snakemake ablations --cores all --keep-going   Table 1 variants (one the paper saw diverge stops, exit 3)
 #   snakemake --profile slurm             the same DAG, every stage a SLURM job (workflow/profiles/slurm)
 #
-# Each stage's output goes to its log under logs/ (shown when a stage fails).
+# Each stage's output goes to its log under logs/ (shown when a stage fails). Snakemake reads this workflow's
+# default profile from profiles/default beside the Snakefile: `profiles` links to workflow/profiles.
 
 import os
 from pathlib import Path
@@ -20,13 +21,13 @@ min_version("9.0")  # the major version this workflow is written for; envs/ pins
 
 # `--sdm apptainer` runs every rule in the published image; `--sdm conda` in envs/environment.yaml.
 container: f"docker://{IMAGE}"
-conda: "../envs/environment.yaml"
+conda: "envs/environment.yaml"
 
 configfile: "params.yaml"
 # `--config nepa_launcher=submitit` (the slurm profile): every rule's verb submits itself to SLURM.
 if "nepa_launcher" in config:
     os.environ["NEPA_LAUNCHER"] = config.pop("nepa_launcher")
-validate(config, "schemas/params.schema.json")
+validate(config, "workflow/schemas/params.schema.json")
 PARAMS = load_params("params.yaml")
 follow_dvc_remote(Path("."), PARAMS)  # `dvc push` after this workflow stores where params say
 
@@ -39,8 +40,8 @@ rule embedded:  # the same DAG, named for the embedded default params
     input: rules.all.input
 
 
-include: "rules/common.smk"
-include: "rules/data.smk"
-include: "rules/pretrain.smk"
-include: "rules/downstream.smk"
-include: "rules/report.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/downstream.smk"
+include: "workflow/rules/report.smk"

@@ -183,12 +183,16 @@ def test_the_report_reads_each_row_from_the_run_the_plan_runs_for_it(tmp_path: P
         (tmp_path / "params.yaml").write_text("sizes: [tiny]\n")
         plan = plan_of(tmp_path / "params.yaml", (), ("all", "ablations"))
     provenance = dict.fromkeys(PROVENANCE) | {"scale": scale}
-    records = [dict(run=j.run, stage=j.stage, metric="m", value=1.0, **provenance) for j in plan.jobs if j.size]
+    records = [dict(run=j.run, size=j.size, variant=j.variant, seed=j.seed, init="" if j.stage == "pretrain" else
+                    "pretrained", source=f"{j.run}/{j.stage}", stage=j.stage, metric="m", value=1.0, **provenance)
+               for j in plan.jobs if j.size]  # fmt: skip
     ev = tables.Evidence(pd.DataFrame(records), {}, chance=10.0)
     filled = {(key, job.run) for job in plan.jobs for key in job.rows if job.stage == BY_KEY[key].stage}
     assert len(filled) > 10
     for key, run in filled:
-        assert tables.run_for(BY_KEY[key], ev) == run, key
+        row = BY_KEY[key]
+        size = tables.size_for(row, ev)
+        assert f"{size}-{tables.variant_at(row.variant, size, row)}" == run, key
 
 
 def test_a_fine_tune_only_variant_in_variants_only_fine_tunes(tmp_path: Path) -> None:

@@ -273,7 +273,8 @@ def ablation_row(row: PaperRow, ev: Evidence) -> tuple[dict[str, str], str]:
     out = {k: cells.get(k, "") for k in ("Table", "Setting", "Paper", "Direction", "Runs", "Seeds", "Scale",
                                           "Commit", "Hardware")}  # fmt: skip
     ref = BY_KEY[row.versus] if row.versus else None
-    out["Compared with"] = "" if ref is None else f"{ref.setting} ({ref.variant})"
+    ref_variant = None if ref is None else ref.variant if size is None else variant_at(ref.variant, size, row)
+    out["Compared with"] = "" if ref is None else f"{ref.setting} ({ref_variant})"
     if size is None:
         return {**out, "Ours: fine-tune top-1": NOT_RUN}, "notrun"
     variant = variant_at(row.variant, size, row)

@@ -42,6 +42,9 @@ EMBEDDED: Layer = {
 
 # ---- full-scale recipes ---------------------------------------------------------------------------
 
+# How every full-scale training stage keeps and logs its state (each sets its own checkpoint interval).
+BOOKKEEPING: Layer = dict(keep_last=3, log_every=50)
+
 PRETRAIN_COMMON: Layer = dict(
     warmup_epochs=40,
     global_batch=4096,
@@ -54,8 +57,7 @@ PRETRAIN_COMMON: Layer = dict(
     drop_path=0.0,
     crop_scale=[0.08, 1.0],
     checkpoint_every=1000,
-    keep_last=3,
-    log_every=50,
+    **BOOKKEEPING,
     num_workers=10,
 )
 PRETRAIN_EPOCHS = {
@@ -78,8 +80,7 @@ FINETUNE_COMMON: Layer = dict(
     freeze_patch_embed=True,
     ema_decay=0.9999,
     checkpoint_every=1000,
-    keep_last=3,
-    log_every=50,
+    **BOOKKEEPING,
     num_workers=10,
 )
 FINETUNE: dict[tuple[str, str], Layer] = {
@@ -108,8 +109,7 @@ SEGMENT_COMMON: Layer = dict(
     eval_mode="slide",
     eval_stride=341,
     checkpoint_every=4000,
-    keep_last=3,
-    log_every=50,
+    **BOOKKEEPING,
     num_workers=8,
 )
 PROBE_FULL: Layer = dict(epochs=90, global_batch=4096, base_lr=0.1, weight_decay=0.0, num_workers=10)

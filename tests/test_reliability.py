@@ -200,10 +200,11 @@ def test_a_signal_during_start_up_stops_like_a_preemption(root: Path, tmp_path: 
 
 @pytest.mark.slow
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(root: Path, tmp_path: Path) -> None:  # noqa: F811
-    """The run folder on a 64 MiB tmpfs: the checkpoint of step 3 (~54 MB: weights, AdamW moments, EMA) fits,
-    the one of step 6 does not. One line naming the checkpoint, exit 2, `latest` still step 3; with room the
-    same command resumes from it and finishes. Then an export to a full disk: one line, no file left."""
-    with tmpfs(tmp_path / "runs", "64m") as runs:
+    """The run folder on a 16 MiB tmpfs, sized for the embedded tiny model: the checkpoint of step 3 (weights,
+    AdamW moments, EMA) fits, the one of step 6 does not. One line naming the checkpoint, exit 2, `latest` still
+    step 3; with room the same command resumes from it and finishes. Then an export to a full disk: one line,
+    no file left."""
+    with tmpfs(tmp_path / "runs", "16m") as runs:
         done = engine_runs.nepa(root, runs, "pretrain")
         assert done.returncode == EXIT_USAGE, done.stderr
         checkpoints = runs / "tiny-nepa/pretrain/checkpoints"
@@ -214,7 +215,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(root: Path, tmp_path
         done = engine_runs.nepa(root, runs, "pretrain")
         assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr
         assert read_state(latest_checkpoint(checkpoints)).step == 9
-        with tmpfs(tmp_path / "full", "64k") as full:  # the export's model file (~11 MB) does not fit
+        with tmpfs(tmp_path / "full", "64k") as full:  # the export's model file does not fit
             done = engine_runs.nepa(root, runs, "export", args=("--out", str(full)))
             assert done.returncode == EXIT_USAGE
             assert said(done.stderr) == [

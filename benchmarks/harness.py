@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from nepa import models
 from nepa.config import ModelParams
+from nepa.engine.host_memory import keep_freed_memory
 from nepa.engine.optim import param_groups
 from nepa.estimate import training_flops
 from nepa.objectives import Objective, next_embedding_loss, pretrain_loss
@@ -297,6 +298,8 @@ def make_step(
     regional compilation, one graph reused by every block) or "model" (the forward and loss in one graph; the
     backward is compiled with them). The optimizer stays eager. Returns the loss (on the device: the step never
     waits for the host)."""
+    if device.type == "cpu":
+        keep_freed_memory()  # as every training process of the engine on CPU (nepa.engine.distributed.init)
     model = subject.model.to(device).train()
     optimizer = make_optimizer(model, device, adamw)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -28,6 +28,7 @@ from deepspeed.git_version_info import installed_ops
 from deepspeed.ops.op_builder.builder import OpBuilder
 from torch.utils.cpp_extension import get_default_build_root
 
+from nepa.engine.host_memory import keep_freed_memory
 from nepa.errors import UserError
 
 DEFAULT_PORT = 29500
@@ -160,6 +161,8 @@ def init(env: DistEnv) -> torch.device:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env.local_rank)
+    else:
+        keep_freed_memory()
     if not dist.is_initialized():
         use_accelerator(cuda)
         if not cuda:

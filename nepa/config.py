@@ -463,8 +463,8 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
             layers.append(("full-scale preset", full_scale(recipe, size, top.get("launcher", {}).get("slurm", {}))))
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
-        if variant in ABLATION_TABLE:
-            layers.append(("ablation schedule", ablation_schedule(ABLATION_TABLE[variant])))
+    if variant in ABLATION_TABLE:  # Table 1's own schedule, at either scale
+        layers.append(("ablation schedule", ablation_schedule(ABLATION_TABLE[variant], scale)))
     layers += [
         ("recipe preset", recipe_knobs(recipe, size)),
         (str(path), user),

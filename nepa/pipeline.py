@@ -120,11 +120,21 @@ REPORT = Stage(
     extra_outs=("{results}/report.md", "{results}/report.html"),
     shown=(("{results}/report", ("{name}.png", "{name}.csv")), ("{results}/report.html", ())),
 )
+# `snakemake ablations` ends with the same verb over the same runs/ folder, written beside the default target's
+# report rather than over it. DVC runs only the default target: not in dvc.yaml.
+ABLATIONS_REPORT = Stage(
+    "report_ablations",
+    "nepa report --set results={results}/ablations",
+    deps=(),  # the ablations target's metrics files and curves: filled in by target_inputs()
+    outs=("{results}/ablations/report",),
+    params=REPORT.params,
+    extra_outs=("{results}/ablations/report.md", "{results}/ablations/report.html"),
+)
 DOWNSTREAM = ("finetune", "probe", "segment")  # what a variant's row in the report needs
 
 
 def stage(name: str) -> Stage:
-    return next(s for s in (*STAGES, REPORT) if s.name == name)
+    return next(s for s in (*STAGES, REPORT, ABLATIONS_REPORT) if s.name == name)
 
 
 def stages_of(params: Params) -> tuple[Stage, ...]:

@@ -4,8 +4,9 @@ At `scale: full` a target runs exactly what the paper's rows need (nepa/report/p
 stage of each row): `all` the headline rows (Tables 2, 3, 6) of the configured sizes, `ablations` the rows of
 Table 1 and the appendix at ViT-B (the paper ran no ViT-L ablation), limited to `ablation_variants` and the
 rows they are compared with. A fine-tune-only variant fine-tunes its baseline's export (presets.PRETRAINED_BY).
-At `scale: embedded`, Table 1's schedules do not apply: each variant runs as its stand-in (nepa_100k as nepa),
-every configured size stands in for ViT-B, and every ablation run gets a fine-tune and a probe.
+At `scale: embedded`, Table 1's sub-tables share one short schedule (presets.EMBEDDED_ABLATION): each variant
+runs as its stand-in (nepa_100k as nepa_50k, the baseline on that schedule), every configured size stands in for
+ViT-B, and every ablation run gets a fine-tune and a probe.
 
 `audit` returns what is inconsistent with the paper or with itself: a schedule other than the row's, a cosine
 that does not end where the run stops, a comparison across schedules, a reused pretraining that differs from
@@ -157,9 +158,9 @@ def plan_jobs(params: Params, targets: tuple[str, ...] = TARGETS) -> list[Job]:
                 for stage, rows in stages.items():
                     if stage != "pretrain":
                         add(stage, size, variant, seed, target, rows)
-        if target == "all":
-            add("report", "", "", 0, target)
-    order = ["prepare_embedded", "prepare_imagenet", "prepare_ade20k", "pretrain", "export", *DOWNSTREAM, "report"]
+        add("report" if target == "all" else "report_ablations", "", "", 0, target)
+    order = ["prepare_embedded", "prepare_imagenet", "prepare_ade20k", "pretrain", "export", *DOWNSTREAM, "report",
+             "report_ablations"]  # fmt: skip
 
     def run(size: str, variant: str, seed: int) -> str:
         return f"{size}-{variant}" + (f"-s{seed}" if params.seeded else "") if size else ""

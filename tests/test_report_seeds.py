@@ -85,7 +85,7 @@ def test_runs_are_grouped_by_what_they_record(tmp_path: Path) -> None:
 
 def test_directions_only_beyond_seed_noise(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    values = {"nepa": (86.0, 86.5, 87.0), "no_causal": (84.0, 84.2, 84.4), "mask_40": (86.2, 87.5, 85.0)}
+    values = {"nepa_50k": (86.0, 86.5, 87.0), "no_causal": (84.0, 84.2, 84.4), "mask_40": (86.2, 87.5, 85.0)}
     for variant, seeds in values.items():
         for seed, top1 in enumerate(seeds):
             record(runs / f"s{seed}" / f"tiny-{variant}" / "finetune", "finetune", {"val_top1": top1},
@@ -104,8 +104,9 @@ def test_collapse_and_failure_criteria_that_full_nepa_does_not_meet(tmp_path: Pa
     the first logged step) and fails by a fine-tune worse than full NEPA's beyond noise. Full NEPA, on the same
     criteria, neither collapses nor is trivial."""
     runs = tmp_path / "runs"
-    losses = {"nepa": [-0.6, -0.8, -0.85], "no_stop_grad": [-0.7, -0.95, -0.999], "no_shift": [-0.9995, -0.9998, -1.0]}
-    top1 = {"nepa": (86.0, 86.5, 87.0), "no_shift": (70.0, 72.0, 71.0)}
+    losses = {"nepa_50k": [-0.6, -0.8, -0.85], "no_stop_grad": [-0.7, -0.95, -0.999],
+              "no_shift": [-0.9995, -0.9998, -1.0]}  # fmt: skip
+    top1 = {"nepa_50k": (86.0, 86.5, 87.0), "no_shift": (70.0, 72.0, 71.0)}
     for variant, curve_losses in losses.items():
         for seed in range(3):
             folder = runs / f"s{seed}" / f"tiny-{variant}"
@@ -113,7 +114,7 @@ def test_collapse_and_failure_criteria_that_full_nepa_does_not_meet(tmp_path: Pa
             record(folder / "pretrain", "pretrain", {"final_loss": curve_losses[-1], "steps": 30}, variant, seed)
             if variant in top1:
                 record(folder / "finetune", "finetune", {"val_top1": top1[variant][seed]}, variant, seed, "x")
-    similarity = {RunKey("tiny", v, s, "", "pretrain"): sim for v, sim in (("nepa", 0.4), ("no_stop_grad", 0.999),
+    similarity = {RunKey("tiny", v, s, "", "pretrain"): sim for v, sim in (("nepa_50k", 0.4), ("no_stop_grad", 0.999),
                   ("no_shift", 0.5)) for s in range(3)}  # fmt: skip
     ev = tables.Evidence(gather.metrics_table(runs), {"pretrain": gather.curves(runs, "pretrain")}, 10.0, similarity)
     collapse = tables.direction(BY_KEY["1a-no-stop-grad"], "tiny", ev)
@@ -127,7 +128,7 @@ def test_collapse_and_failure_criteria_that_full_nepa_does_not_meet(tmp_path: Pa
     # a loss at −1 without collapsed targets (no AR shift's copy of its input) is not a collapse
     assert "no collapse ✗" in tables._collapse(BY_KEY["1a-no-shift"], "tiny", None, ev)
     row, _ = tables.ablation_row(BY_KEY["1a-no-shift"], ev)
-    assert row["Ours: fine-tune top-1"] == "71.00 ± 1.00 (3 seeds)" and row["Compared with"] == "full NEPA (nepa)"
+    assert row["Ours: fine-tune top-1"] == "71.00 ± 1.00 (3 seeds)" and row["Compared with"] == "full NEPA (nepa_50k)"
     assert row["Ours: pretraining loss (final)"] == "-1.0000 ± 0.0000 (3 seeds)"
 
 

@@ -4,9 +4,9 @@ A citation is a path under one of the repository's own top-level folders (`nepa/
 or a top-level file named bare (`params.yaml`, `dvc.yaml`). Templates count: `{stamp}`, `${kind}` and `*` stand
 for any text, so `results/benchmarks/step_throughput_{cuda,cpu}_{stamp}.json` needs one tracked file it matches.
 A path that a run writes is not in git, and is allowed when git ignores it (.gitignore: data/, runs/, logs/...),
-when dvc.yaml declares it an output (the report) or when it is a benchmark's result (the names the scripts
-record): nothing here lists them by hand. Nothing may cite the paper's notes or the folder outside the repository
-they come from.
+when dvc.yaml declares it an output (the report), when it is the ablations target's report or when it is a
+benchmark's result (the names the scripts record): nothing here lists them by hand. Nothing may cite the paper's
+notes or the folder outside the repository they come from.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from nepa.config import load_params
+from nepa.pipeline import ABLATIONS_REPORT, fill
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("nepa", "tests", "docs", "benchmarks", "workflow", "envs", "results", ".ci", ".github", ".dvc")
@@ -71,6 +74,13 @@ def dvc_outputs() -> list[str]:
                 path = entry if isinstance(entry, str) else next(iter(entry))
                 outputs.append(re.sub(r"\$\{[^}]*\}", "*", path))
     return outputs
+
+
+def ablations_report_outputs() -> list[str]:
+    """What `snakemake ablations` writes besides dvc.yaml's outputs (nepa/pipeline.py ABLATIONS_REPORT), and the
+    folder it writes them in."""
+    outputs = [fill(t, load_params(ROOT / "params.yaml")) for t in ABLATIONS_REPORT.outs + ABLATIONS_REPORT.extra_outs]
+    return [*outputs, str(Path(outputs[0]).parent)]
 
 
 def benchmark_outputs() -> list[str]:
@@ -126,7 +136,8 @@ def cited_by_repository(files: list[str]) -> dict[str, set[str]]:
 
 def test_every_cited_path_is_in_the_repository() -> None:
     files = tracked_files()
-    missing = unresolved(cited_by_repository(files), files, dvc_outputs() + benchmark_outputs())
+    missing = unresolved(cited_by_repository(files), files,
+                         dvc_outputs() + ablations_report_outputs() + benchmark_outputs())  # fmt: skip
     lines = [f"{path} (cited by {', '.join(sorted(by))})" for path, by in sorted(missing.items())]
     assert not lines, "cited but not in the repository:\n" + "\n".join(lines)
 

@@ -67,6 +67,6 @@ def test_runs_per_seed_have_their_own_folders_in_both_tools(tmp_path: Path) -> N
     assert (commands, edges, inputs) == dvc_jobs(work)
     ablations = snakemake_jobs(work, "ablations")[0]
     assert set(ablations) == planned(work, "ablations")
-    assert {f"probe@tiny-{v}-s{seed}" for v in ("nepa", "no_causal") for seed in range(3)} <= set(ablations)
+    assert {f"probe@tiny-{v}-s{seed}" for v in ("nepa_50k", "no_causal") for seed in range(3)} <= set(ablations)
     params = load_params(work / "params.yaml", ("seed=2", "variant=no_causal"))
     assert params.run_name == "tiny-no_causal-s2"  # where the verb writes: the folder the DAG expects

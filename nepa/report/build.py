@@ -42,7 +42,11 @@ SCRATCH = (
 )
 ABLATIONS = (
     "Each row beside the full-NEPA row it is compared with (Compared with), with its fine-tune, linear probe and "
-    "final pretraining loss over seeds, and each stage's own hours."
+    "final pretraining loss over seeds, and each stage's own hours. Direction judges the fine-tune (or the "
+    "collapse, or the failure) and then the linear probe of the last embedding against the compared row's; the "
+    "paper gives no probe for Table 1, so the order expected of the probe is its fine-tune's. At embedded scale "
+    "Table 1's runs, variant and baseline alike, pretrain on one shorter schedule than the embedded default's. "
+    "≈ means these runs cannot show the direction: the gap is inside the seed spread."
 )
 
 

@@ -191,6 +191,36 @@ def _fails(row: PaperRow, size: str, ref: PaperRow | None, ev: Evidence) -> str:
     return "ours: " + "; ".join(notes) if notes else ""
 
 
+def expected_order(row: PaperRow, ref: PaperRow | None) -> str | None:
+    """The paper's order of `row` against `ref`: '<', '>' or '='; '<' for a row that fails; None without one."""
+    if ref is None:
+        return None
+    if row.outcome == "fails":
+        return "<"
+    if ref.paper is None or row.paper is None:
+        return None
+    return "<" if row.paper < ref.paper else ">" if row.paper > ref.paper else "="
+
+
+def probe_direction(row: PaperRow, size: str, ev: Evidence) -> str:
+    """The row's linear probe (last embedding) against the compared row's, judged against seed noise: at
+    embedded scale the steadier signal of what a pretraining learned. The paper gives no probe for Table 1: the
+    order expected is its fine-tune's (worse, for a row that fails). '' where the two rows share a pretraining
+    or the row collapses (judged on its pretraining instead)."""
+    ref = BY_KEY[row.versus] if row.versus else None
+    expected = expected_order(row, ref)
+    if ref is None or expected is None or row.outcome == "collapses":
+        return ""
+    sources = [pretraining(r.variant, size, row) for r in (row, ref)]
+    if sources[0] == sources[1]:
+        return ""
+    mine, theirs = (ev.spread(size, source, "probe", "val_top1_last") for source in sources)
+    if mine is None or theirs is None:
+        return ""
+    observed = gap(mine, theirs)
+    return f"probe {mine.mean:.2f} {observed.sign} {theirs.mean:.2f} ({ref.setting}) {verdict(observed, expected)}"
+
+
 def direction(row: PaperRow, size: str, ev: Evidence) -> str:
     """Whether our runs go the paper's way, judged against seed noise; see the module doc for the criteria."""
     ref = BY_KEY[row.versus] if row.versus else None
@@ -199,9 +229,9 @@ def direction(row: PaperRow, size: str, ev: Evidence) -> str:
     if row.outcome == "fails":
         return _fails(row, size, ref, ev)
     mine = ours(row, size, ev)
-    if ref is None or ref.paper is None or row.paper is None or mine is None:
+    paper_sign = expected_order(row, ref)
+    if ref is None or paper_sign is None or mine is None:
         return ""
-    paper_sign = "<" if row.paper < ref.paper else ">" if row.paper > ref.paper else "="
     paper = f"paper {paper_number(row.paper)} {paper_sign} {paper_number(ref.paper)} ({ref.setting})"
     theirs = ours(ref, size, ev, row)
     if theirs is None:
@@ -289,6 +319,7 @@ def ablation_row(row: PaperRow, ev: Evidence) -> tuple[dict[str, str], str]:
     hours = [_hours(ev.provenance(size, v, stage)) or "—"
              for v, stage in ((source, "pretrain"), (variant, "finetune"), (source, "probe"))]  # fmt: skip
     out["Hours (pretrain · fine-tune · probe)"] = " · ".join(hours)
+    out["Direction"] = " · ".join(filter(None, (out["Direction"], probe_direction(row, size, ev))))
     return out, cls if finetune is not None or loss is not None else "notrun"
 
 

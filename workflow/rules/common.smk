@@ -4,6 +4,7 @@
 import json
 
 from nepa.config import SIZES
+from nepa.presets import ABLATION_TABLE, EMBEDDED_ABLATION_THREADS
 from nepa.pipeline import fill, report_inputs, stage, target_inputs
 
 WILDCARDS = dict(size="{size}", variant="{variant}", seed="{seed}")
@@ -59,8 +60,14 @@ def _variant(wildcards):
 
 
 def stage_threads():
-    """Local runs: a stage takes every core. On SLURM the rule only waits for its job: one thread."""
-    return 1 if PARAMS.launcher.kind == "submitit" else workflow.cores
+    """Local runs: a stage takes every core, but at embedded scale a run on Table 1's schedule takes
+    EMBEDDED_ABLATION_THREADS, so that two run side by side (nepa/presets.py). On SLURM the rule only waits for
+    its job: one thread."""
+    if PARAMS.launcher.kind == "submitit":
+        return 1
+    if PARAMS.scale != "embedded":
+        return workflow.cores
+    return lambda wildcards: EMBEDDED_ABLATION_THREADS if wildcards.get("variant") in ABLATION_TABLE else workflow.cores
 
 
 def stage_resources(name):

@@ -48,13 +48,14 @@ def seed_band(frames: list[pd.DataFrame], column: str) -> pd.DataFrame:
 
 
 def draw(ax: Axes, frames: list[pd.DataFrame], column: str, label: str, color: str, style: str = "-",
-         marker: str | None = None) -> bool:  # fmt: skip
-    """One configuration's mean line over seeds and its min-max band; False if no seed logged `column`."""
+         marker: str | None = None, hollow: bool = False) -> bool:  # fmt: skip
+    """One configuration's mean line over seeds and its min-max band; False if no seed logged `column`.
+    hollow: open markers, which tell a curve apart where it is a single point and its line style cannot."""
     band = seed_band(frames, column)
     if not len(band):
         return False
     ax.plot(band["step"], band["mean"], style, color=color, marker=marker, ms=4, lw=1.4,
-            label=f"{label} ({seeds(len(frames))})")  # fmt: skip
+            mfc="none" if hollow else color, label=f"{label} ({seeds(len(frames))})")  # fmt: skip
     if len(frames) > 1:
         ax.fill_between(band["step"], band["min"], band["max"], color=color, alpha=0.18, lw=0)
     return True
@@ -80,8 +81,8 @@ def pretrain_loss(curves: Curves, path: Path) -> Path:
 
 def downstream(curves: Curves, path: Path, stage: str, accuracy: tuple[str, ...] = ()) -> Path | None:
     """A downstream stage's training loss per logged step and, where it evaluates during training, its
-    validation accuracy columns `accuracy`: pretrained (solid) against random init (dashed), one colour per
-    size and variant; None without curves."""
+    validation accuracy columns `accuracy`: pretrained (solid, filled markers) against random init (dashed, open
+    markers), one colour per size and variant; None without curves."""
     grouped = by_configuration(curves)
     if not grouped:
         return None
@@ -95,7 +96,9 @@ def downstream(curves: Curves, path: Path, stage: str, accuracy: tuple[str, ...]
         style = "--" if init == RANDOM else "-"
         draw(axes[0], frames, "loss", label, colour, style)
         for column, marker in zip(accuracy, "os^v", strict=False):
-            drawn_accuracy |= draw(axes[-1], frames, column, f"{label}, {column}", colour, style, marker)
+            drawn_accuracy |= draw(
+                axes[-1], frames, column, f"{label}, {column}", colour, style, marker, hollow=init == RANDOM
+            )
     axes[0].set(title=f"{stage}: training loss", xlabel="optimizer step", ylabel="loss")
     if accuracy:
         axes[-1].set(title=f"{stage}: validation top-1 at each evaluation", xlabel="optimizer step", ylabel="top-1 (%)")

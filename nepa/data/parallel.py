@@ -9,6 +9,8 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from nepa.stopping import ignore_preemption, preemption_held
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -24,17 +26,22 @@ def run_parallel(
     """fn(task) for each (task, weight) over a process pool, results as they finish; the bar counts weights.
 
     A failing task stops the run: queued tasks are cancelled (the running ones finish, so what they write is
-    whole) and its exception is raised here, so a UserError from a worker reaches the CLI as it is.
+    whole) and its exception is raised here, so a UserError from a worker reaches the CLI as it is. So does a
+    preemption signal: the workers ignore it (raised inside one, it could leave the pool's queue lock held and
+    the pool's shutdown waiting forever); this process stops, and the running tasks finish first.
     """
     tasks = list(tasks)
     if not tasks:
         return
     with (
-        ProcessPoolExecutor(max_workers=min(cpu_workers(workers), len(tasks))) as pool,
+        ProcessPoolExecutor(max_workers=min(cpu_workers(workers), len(tasks)), initializer=ignore_preemption) as pool,
         tqdm(total=sum(w for _, w in tasks), desc=desc, unit=unit, dynamic_ncols=True) as bar,
     ):
-        pending: dict[Future[R], int] = {pool.submit(fn, task): weight for task, weight in tasks}
+        pending: dict[Future[R], int] = {}
         try:
+            with preemption_held():  # the pool forks its workers at the first submit
+                for task, weight in tasks:
+                    pending[pool.submit(fn, task)] = weight
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:

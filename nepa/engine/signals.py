@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import FrameType
 
 import torch
@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from nepa.engine.distributed import several_processes
-from nepa.stopping import EXIT_REQUEUE, PREEMPTION_SIGNALS, stop
+from nepa.stopping import EXIT_REQUEUE, PREEMPTION_SIGNALS, ignore_preemption, preemption_held, stop
 
 __all__ = ["EXIT_REQUEUE", "Preemption", "shield_workers", "workers_started"]
 
@@ -79,9 +79,7 @@ class Preemption:
 
 
 def _ignore_preemption(worker_init: Callable[[int], None] | None, worker_id: int) -> None:
-    for sig in PREEMPTION_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)  # blocked since the fork (workers_started)
+    ignore_preemption()
     if worker_init is not None:
         worker_init(worker_id)
 
@@ -98,13 +96,7 @@ def shield_workers(batches: object) -> None:
         batches.worker_init_fn = functools.partial(_ignore_preemption, batches.worker_init_fn)
 
 
-@contextlib.contextmanager
-def workers_started() -> Iterator[None]:
+def workers_started() -> contextlib.AbstractContextManager[None]:
     """Hold the preemption signals while a DataLoader forks its workers: a worker signalled between its fork
-    and its worker_init_fn (shield_workers) would still die of it. The workers inherit the blocked signals and
-    unblock them once they ignore them; this process receives what came meanwhile when the block ends."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, PREEMPTION_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+    and its worker_init_fn (shield_workers) would still die of it."""
+    return preemption_held()

@@ -4,9 +4,10 @@ glibc's malloc serves large requests with fresh mmaps and trims the heap's free 
 threshold, so each training step page-faults its activations back in: on a 2-core AMD EPYC, 90-190 ms of system
 time per 3.7 s ViT-S step (NEPA's QK-Norm, RoPE and LayerScale keep more activations than a plain ViT, so it pays
 more). Raising the mmap threshold to glibc's ceiling and the trim threshold to 1 GiB keeps those pages mapped:
-no page faults in a step after the first two (tests/test_host_memory.py) and NEPA-S from 0.95x to 0.98-0.99x
-timm's ViT-S step (results/benchmarks/cpu_suite.md). Written with ctypes: no package exposes mallopt, and the
-environment-variable form (MALLOC_MMAP_THRESHOLD_) would reach only processes started through our launchers.
+no page faults in a step after the first two (tests/test_host_memory.py) and NEPA-S from 0.929-0.949x to
+0.970-0.974x timm's ViT-S step in benchmarks/step_throughput.py (results/benchmarks/cpu_suite.md). Written
+with ctypes: no package exposes mallopt, and the environment-variable form (MALLOC_MMAP_THRESHOLD_) would
+reach only processes started through our launchers.
 """
 
 from __future__ import annotations

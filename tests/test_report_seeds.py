@@ -114,7 +114,8 @@ def test_collapse_and_failure_criteria_that_full_nepa_does_not_meet(tmp_path: Pa
             record(folder / "pretrain", "pretrain", {"final_loss": curve_losses[-1], "steps": 30}, variant, seed)
             if variant in top1:
                 record(folder / "finetune", "finetune", {"val_top1": top1[variant][seed]}, variant, seed, "x")
-    similarity = {RunKey("tiny", v, s, "", "pretrain"): sim for v, sim in (("nepa_50k", 0.4), ("no_stop_grad", 0.999),
+    # no stop-grad's targets at 0.95: collapsed by the line, which does not sit on a collapsed run's float noise
+    similarity = {RunKey("tiny", v, s, "", "pretrain"): sim for v, sim in (("nepa_50k", 0.4), ("no_stop_grad", 0.95),
                   ("no_shift", 0.5)) for s in range(3)}  # fmt: skip
     ev = tables.Evidence(gather.metrics_table(runs), {"pretrain": gather.curves(runs, "pretrain")}, 10.0, similarity)
     collapse = tables.direction(BY_KEY["1a-no-stop-grad"], "tiny", ev)

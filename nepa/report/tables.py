@@ -28,7 +28,10 @@ from nepa.report.paper import BASELINES, BY_KEY, MODEL_NAMES, ROWS, PaperRow
 from nepa.report.spread import Spread, gap, seeds, verdict
 
 COLLAPSE_LOSS = -0.99  # the loss's minimum is -1: this close to it, the predictions copy the targets
-COLLAPSE_SIMILARITY = 0.99  # ... and the targets themselves are (nearly) one vector: nothing left to predict
+# ... and the targets themselves are (nearly) one vector: nothing left to predict. The line only has to tell one
+# vector from distinct targets (full NEPA's sit at 0.13, no AR shift's at 0.15, embedded scale); at 0.99 it sat on
+# the collapsed runs' own float noise (0.990-0.994), at 0.9 (mean angle ~26 deg) it is far from both sides.
+COLLAPSE_SIMILARITY = 0.9
 TRIVIAL_LOSS = -0.99  # reached by the first logged step: the objective asks for nothing to be learned
 STAND_INS = ("tiny", "small")  # sizes whose reduced-scale runs stand in for the paper's ViT-B rows
 HEADLINE = {"val_top1": 1.0, "val_top1_last": 1.0, "val_top1_mean": 1.0, "val_miou": 100.0}  # metric -> unit (%)

@@ -24,8 +24,8 @@ Layer = dict[str, Any]
 #   ramp. The budget is where pretraining shows: fine-tunes of 2-3 epochs from random init catch up with the
 #   pretrained one (68-76 % both), so a longer fine-tune would hide what pretraining adds.
 # - probe: the full-scale protocol's 90 epochs at lr 0.3 (batch 256); the features are extracted once, so the
-#   classifier's epochs cost ~1 s. At lr 0.1 it had not converged (75.1 % top-1); lr 0.3-1.0 over 50-200 epochs
-#   all land at 76.8-77.5 (seed 0); 10 epochs gave 70.7.
+#   classifier's epochs cost ~1 s. At lr 0.1 it had not converged (seed 0: 70.7 % top-1 at 10 epochs, 75.1 at 90);
+#   lr 0.3-1.0 over 50-100 epochs all land at 76.8-77.5 on seed 0 (seeds 0-2 at 90/0.3: 75.1 +- 2.1).
 EMBEDDED: Layer = {
     "data": {"embedded_images": [10000, 1000]},
     "model": {"rope_rescale": None},

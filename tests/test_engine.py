@@ -28,12 +28,13 @@ from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
 from nepa.engine.pretrain import build_model, images_loss
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
-from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers, workers_started
+from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import EXIT_USAGE, UserError
 from nepa.models import create
 from nepa.models.weights import atomic_save_safetensors
 from nepa.presets import ABLATIONS
+from nepa.stopping import preemption_held
 
 
 def test_global_batch_must_be_whole_micro_batches() -> None:
@@ -203,14 +204,14 @@ def test_dataloader_workers_outlive_a_preemption_signal() -> None:
 
 
 def test_a_worker_signalled_as_it_starts_survives() -> None:
-    """The signal can come between a worker's fork and its worker_init_fn: workers_started holds it until the
+    """The signal can come between a worker's fork and its worker_init_fn: preemption_held holds it until the
     worker ignores it (this process's own handler gets its copy when the block ends)."""
     received = []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
     try:
         loader = torch.utils.data.DataLoader(_Dispositions(), num_workers=2, worker_init_fn=_worker_init)
         shield_workers(loader)
-        with workers_started():
+        with preemption_held():
             iterator = iter(loader)
             for worker in iterator._workers:  # at once: most have not reached their worker_init_fn yet
                 os.kill(worker.pid, signal.SIGTERM)

@@ -24,7 +24,6 @@ checkpoint is complete instead of racing it, and the requeued job resumes from i
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import signal
 from collections.abc import Callable
@@ -35,9 +34,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from nepa.engine.distributed import several_processes
-from nepa.stopping import EXIT_REQUEUE, PREEMPTION_SIGNALS, ignore_preemption, preemption_held, stop
+from nepa.stopping import EXIT_REQUEUE, PREEMPTION_SIGNALS, ignore_preemption, stop
 
-__all__ = ["EXIT_REQUEUE", "Preemption", "shield_workers", "workers_started"]
+__all__ = ["EXIT_REQUEUE", "Preemption", "shield_workers"]
 
 
 class Preemption:
@@ -90,13 +89,8 @@ def shield_workers(batches: object) -> None:
     SLURM signals every process of the job step, DataLoader workers included, and torch's workers die on a
     SIGTERM that does not come from their parent, which then stops the training process with "DataLoader
     worker is killed by signal" before it reaches the step boundary where it would checkpoint. The training
-    process decides what a signal means; its workers end with it as usual.
+    process decides what a signal means; its workers end with it as usual. Start the workers inside
+    nepa.stopping.preemption_held: one signalled between its fork and its worker_init_fn would still die of it.
     """
     if isinstance(batches, DataLoader) and batches.num_workers > 0:
         batches.worker_init_fn = functools.partial(_ignore_preemption, batches.worker_init_fn)
-
-
-def workers_started() -> contextlib.AbstractContextManager[None]:
-    """Hold the preemption signals while a DataLoader forks its workers: a worker signalled between its fork
-    and its worker_init_fn (shield_workers) would still die of it."""
-    return preemption_held()

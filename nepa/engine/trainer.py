@@ -35,8 +35,9 @@ from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
-from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers, workers_started
+from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.errors import UserError
+from nepa.stopping import preemption_held
 
 EXIT_NONFINITE = 3
 
@@ -279,7 +280,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             loader = self.task.batches(state.epoch, state.batch)
             shield_workers(loader)
-            with workers_started():
+            with preemption_held():
                 iterator = iter(loader)
         while True:
             with torch.random.fork_rng(devices=[]):

@@ -9,13 +9,15 @@
 # default profile from profiles/default beside the Snakefile: `profiles` links to workflow/profiles.
 
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
+import nepa
 from nepa import IMAGE
 from nepa.config import load_params
-from nepa.pipeline import fill, follow_dvc_remote, stage
+from nepa.pipeline import fill, follow_dvc_remote, installed_code_problem, stage
 
 min_version("9.0")  # the major version this workflow is written for; envs/ pins the one it is tested with
 
@@ -30,6 +32,11 @@ if "nepa_launcher" in config:
 validate(config, "workflow/schemas/params.schema.json")
 PARAMS = load_params("params.yaml")
 follow_dvc_remote(Path("."), PARAMS)  # `dvc push` after this workflow stores where params say
+# Rules run the `nepa` on PATH; where they run in the image or a conda env (--sdm), that env holds its own.
+code = Path(nepa.__file__).parent
+if not workflow.deployment_settings.deployment_method and (problem := installed_code_problem(code)):
+    print(f"nepa: {problem}", file=sys.stderr)
+    sys.exit(2)
 
 
 rule all:  # the default target: the report of the configured sizes and variants

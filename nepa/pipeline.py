@@ -16,9 +16,13 @@ the stage fails); `dvc repro` shows them on the terminal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
+import shlex
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,6 +287,40 @@ RENDERED = {
     ".dvc/config": dvc_config,
     "workflow/schemas/params.schema.json": lambda _: params_schema(),
 }
+
+
+def source_digest(package: Path) -> str:
+    """sha256 over a package folder's files (names and bytes), without Python's byte-code caches."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def installed_code_problem(workflow_code: Path) -> str | None:
+    """Why the rules' `nepa` runs other code than `workflow_code` (the nepa package the Snakefile imported), or
+    None. Snakemake imports nepa from the Snakefile's folder to resolve params and decide what re-runs, while a
+    rule's shell command runs the `nepa` on PATH: in a checkout that shares another checkout's editable install,
+    stages would silently run code the DAG was not planned with. Same files in another folder (a copy, an image
+    built from the same commit) are the same code."""
+    script = shutil.which("nepa")
+    if script is None:
+        return None  # the rule's shell says so itself when it runs
+    first_line = Path(script).read_bytes().split(b"\n", 1)[0]
+    python = shlex.split(first_line[2:].decode()) if first_line.startswith(b"#!") else [sys.executable]
+    # -P: the search path the script gets (PYTHONPATH and site-packages, not the working folder)
+    where = "import importlib.util as u; print(u.find_spec('nepa').submodule_search_locations[0])"
+    found = subprocess.run([*python, "-P", "-c", where], capture_output=True, text=True)
+    installed = Path(found.stdout.strip())
+    if found.returncode or installed.resolve() == workflow_code.resolve():
+        return None
+    if source_digest(installed) == source_digest(workflow_code):
+        return None
+    return (
+        f"the rules' `nepa` ({script}) runs the code in {installed}, not this workflow's {workflow_code}, and "
+        f"the two differ: install this checkout (bash envs/install.sh) or run Snakemake in {installed.parent}"
+    )
 
 
 def render(root: Path, params: Params) -> dict[Path, str]:

@@ -117,6 +117,21 @@ def test_dag_grows_with_sizes_and_variants(tmp_path: Path) -> None:
     assert "pretrain@tiny-no_stop_grad" in dvc[0]
 
 
+def test_snakemake_stops_when_rules_would_run_other_code(tmp_path: Path) -> None:
+    """A checkout whose nepa/ differs from the installed one the rules run: one line naming both and the fix,
+    exit 2, before any job. An unchanged copy (as in the test above) runs."""
+    copy_workflow(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    with (tmp_path / "nepa" / "verbs.py").open("a") as f:
+        f.write("# edited in this checkout only\n")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr[-2000:]
+    [line] = [line for line in out.stderr.splitlines() if line.startswith("nepa:")]
+    assert str(tmp_path / "nepa") in line and str(ROOT / "nepa") in line and "envs/install.sh" in line
+    assert "Traceback" not in out.stderr and "Job stats" not in out.stdout
+
+
 @pytest.mark.parametrize("target", ["embedded", "ablations"])
 def test_named_targets_resolve(target: str) -> None:
     dry = run("snakemake", "-n", "--cores", "1", target)

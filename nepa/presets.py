@@ -24,8 +24,9 @@ Layer = dict[str, Any]
 #   ramp. The budget is where pretraining shows: fine-tunes of 2-3 epochs from random init catch up with the
 #   pretrained one (68-76 % both), so a longer fine-tune would hide what pretraining adds.
 # - probe: the full-scale protocol's 90 epochs at lr 0.3 (batch 256); the features are extracted once, so the
-#   classifier's epochs cost ~1 s. At lr 0.1 it had not converged (seed 0: 70.7 % top-1 at 10 epochs, 75.1 at 90);
-#   lr 0.3-1.0 over 50-100 epochs all land at 76.8-77.5 on seed 0 (seeds 0-2 at 90/0.3: 75.1 +- 2.1).
+#   classifier's epochs cost ~1 s. At lr 0.1 it had not converged (seed 0 on the first 1,000 test images: 70.7 %
+#   top-1 at 10 epochs, 75.1 at 90); lr 0.3-1.0 over 50-100 epochs all land at 76.8-77.5 there (seeds 0-2 at
+#   90/0.3: 75.1 +- 2.1; on all 10,000 test images 74.2 +- 1.3).
 # - data: 10,000 training images; all 10,000 of Fashion-MNIST's test images for validation. With 1,000 a score
 #   near 75 % had a binomial SE of 1.4 points, as large as the seed spread it is judged by (seed 0's probe: 77.5 on
 #   the first 1,000, 75.4 on all 10,000); 10,000 make it 0.4 for ~40 s more of evaluation.

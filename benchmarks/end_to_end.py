@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from harness import RESULTS, build, emit, engine_parts, parse_name, record, resolve_device, run_trial, write_result
+from harness import RESULTS, build, emit, engine_defaults, engine_parts, record, run_trial, write_result
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve()
@@ -138,19 +138,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--trial", choices=["end_to_end", "model_only", "loader_only"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device, env = engine_defaults(parser, args, gpu_model="nepa-B", gpu_batch=128)
     gpu = device.type == "cuda"
-    args.model = args.model or ("nepa-B" if gpu else "nepa-tiny")
-    if parse_name(args.model)[0] != "nepa":
-        parser.error("--model: the engine trains NEPA models (nepa-...)")
-    args.batch = args.batch or (128 if gpu else 32)
     args.row_steps = args.row_steps or (10 if gpu else 2)
     cores = len(os.sched_getaffinity(0))
     args.workers = args.workers if args.workers is not None else max(1, min(10, cores - 1))
-    args.threads = args.threads or (None if gpu else 1)
     if args.trial:
         return trial(args)
-    env = {} if gpu else {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         side = build(args.model).img_size
         data: dict[str, Any]

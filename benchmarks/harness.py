@@ -14,6 +14,7 @@ Model names: `{nepa,timm}-{tiny,B,L}`, NEPA optionally `-swiglu`.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import json
@@ -78,6 +79,22 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         sys.exit(f"--device {name}: no CUDA device here (torch {torch.__version__})")
     return torch.device(name)
+
+
+def engine_defaults(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, gpu_model: str, gpu_batch: int
+) -> tuple[torch.device, dict[str, str]]:
+    """The engine benchmarks' shared defaults, filled into `args` (model, batch, threads; CPU: nepa-tiny at 32 on
+    one torch thread), and the device with the environment of its trial processes (CPU: DeepSpeed's CPU
+    accelerator, no GPU, one OpenMP thread)."""
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    args.model = args.model or (gpu_model if gpu else "nepa-tiny")
+    if parse_name(args.model)[0] != "nepa":
+        parser.error("--model: the engine trains NEPA models (nepa-...)")
+    args.batch = args.batch or (gpu_batch if gpu else 32)
+    args.threads = args.threads or (None if gpu else 1)
+    return device, ({} if gpu else {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
 
 
 def cpu_name() -> str:

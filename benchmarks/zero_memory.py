@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import RESULTS, build, emit, engine_parts, parse_name, record, resolve_device, run_trial, write_result
+from harness import RESULTS, build, emit, engine_defaults, engine_parts, record, run_trial, write_result
 
 SCRIPT = Path(__file__).resolve()
 
@@ -129,17 +129,11 @@ def main() -> None:
     parser.add_argument("--trial", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stage", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device, env = engine_defaults(parser, args, gpu_model="nepa-L", gpu_batch=64)
     gpu = device.type == "cuda"
-    args.model = args.model or ("nepa-L" if gpu else "nepa-tiny")
-    if parse_name(args.model)[0] != "nepa":
-        parser.error("--model: the engine trains NEPA models (nepa-...)")
-    args.batch = args.batch or (64 if gpu else 32)
-    args.threads = args.threads or (None if gpu else 1)
     if args.trial:
         return trial(args)
     search = gpu if args.search is None else args.search
-    env = {} if gpu else {"DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
 
     def measure(stage: int, batch: int) -> dict[str, Any]:
         flags = ["--model", args.model, "--stage", str(stage), "--batch", str(batch), "--steps", str(args.steps),

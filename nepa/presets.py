@@ -200,8 +200,8 @@ def steps_per_epoch(global_batch: int) -> int:
 # (the variant and the NEPA baseline it is compared with alike), so that Table 1a (4 runs x 2 seeds, each with a
 # fine-tune and a probe) fits half an hour on 2 CPU cores (results/table1a_embedded.md). Measured on 2 EPYC
 # cores, seed 0: 2 epochs (312 steps) already separate what 1a shows here: no stop-grad's loss is -0.9999 from
-# step ~200 (target similarity 0.99 vs NEPA's 0.13), no AR shift's is -0.995 at its first logged step, and
-# NEPA's probe is 65-69 % (74-78 % after the default's 780 steps). The warm-up keeps the default's tenth.
+# step ~200 (target similarity 0.99 vs NEPA's 0.13-0.19), no AR shift's is -0.995 at its first logged step, and
+# NEPA's probe is 65-69 % (73-78 % after the default's 780 steps). The warm-up keeps the default's tenth.
 EMBEDDED_ABLATION: Layer = {"pretrain": dict(epochs=2, warmup_epochs=0.2)}
 # ... and each of these runs takes one CPU thread, so that two go side by side (Snakemake --cores all on 2 cores):
 # two 1-thread pretrainings make ~270 images/s together where one on 2 threads makes ~200.

@@ -29,7 +29,7 @@ from nepa.report.spread import Spread, gap, seeds, verdict
 
 COLLAPSE_LOSS = -0.99  # the loss's minimum is -1: this close to it, the predictions copy the targets
 # ... and the targets themselves are (nearly) one vector: nothing left to predict. The line only has to tell one
-# vector from distinct targets (full NEPA's sit at 0.13, no AR shift's at 0.15, embedded scale); at 0.99 it sat on
+# vector from distinct targets (full NEPA's sit at 0.13-0.19, no AR shift's at 0.15, embedded scale); at 0.99 it sat on
 # the collapsed runs' own float noise (0.990-0.994), at 0.9 (mean angle ~26 deg) it is far from both sides.
 COLLAPSE_SIMILARITY = 0.9
 TRIVIAL_LOSS = -0.99  # reached by the first logged step: the objective asks for nothing to be learned

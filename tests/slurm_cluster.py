@@ -84,9 +84,19 @@ class SlurmCluster:
         Not at once: slurmd refuses ("Job credential revoked") a launch dated in the same second as the
         requeue that ended the previous run, and the job then fails. So: once the node is free, 2 s later."""
         self._wait(lambda: self.job_state(job_id) == "PENDING", timeout_s, f"job {job_id} requeued")
-        self._wait(lambda: self.cmd("sinfo", "-h", "-n", self.node, "-o", "%t") == "idle", timeout_s, "node idle")
+        self.wait_idle(timeout_s)
         time.sleep(2)
         self.cmd("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+    def wait_idle(self, timeout_s: float = 60) -> None:
+        """Until the node takes jobs: up, no job on it."""
+        self._wait(lambda: self.cmd("sinfo", "-h", "-n", self.node, "-o", "%t") == "idle", timeout_s, "node idle")
+
+    def reconfigure(self, conf: str) -> None:
+        """Replace slurm.conf, have the daemons read it again, and wait until the node takes jobs again."""
+        self.conf.write_text(conf)
+        self.cmd("scontrol", "reconfigure")
+        self.wait_idle()
 
     def write_conf(self) -> None:
         state = self.root / "state"
@@ -143,7 +153,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         self._wait(lambda: (munge / "munge.socket").exists(), timeout_s, "munged socket")
         self._spawn(["slurmctld", "-D", "-f", str(self.conf)], logs / "slurmctld.out")
         self._spawn(["slurmd", "-D", "-f", str(self.conf), "-N", self.node], logs / "slurmd.out")
-        self._wait(lambda: self.cmd("sinfo", "-h", "-n", self.node, "-o", "%t") == "idle", timeout_s, "node idle")
+        self.wait_idle(timeout_s)
 
     def _spawn(self, args: list[str], out: Path, user: str | None = None) -> None:
         with out.open("wb") as log:

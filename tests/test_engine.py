@@ -10,6 +10,10 @@ import itertools
 import os
 import random
 import signal
+import subprocess
+import sys
+import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -208,20 +212,44 @@ def test_a_worker_signalled_as_it_starts_survives() -> None:
     worker ignores it (this process's own handler gets its copy when the block ends)."""
     received = []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    workers = []
     try:
         loader = torch.utils.data.DataLoader(_Dispositions(), num_workers=2, worker_init_fn=_worker_init)
         shield_workers(loader)
         with preemption_held():
             iterator = iter(loader)
-            for worker in iterator._workers:  # at once: most have not reached their worker_init_fn yet
+            workers = iterator._workers
+            for worker in workers:  # at once: most have not reached their worker_init_fn yet
                 os.kill(worker.pid, signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGUSR1)
+            # to this thread: sent to the process, any thread that does not hold it may take it (torch's OpenMP
+            # threads do not), and its handler then runs at a moment no assert can wait for
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
             assert not received
         assert received == [signal.SIGUSR1]
         (seen,) = list(iterator)
         assert [int(x) for x in seen] == [int(signal.SIG_IGN)] * 3 + [1]
     finally:
         signal.signal(signal.SIGUSR1, previous)
+        for worker in workers:  # a failed test's traceback keeps them, and they ignore pytest's SIGTERM at exit
+            worker.kill()
+
+
+def test_a_process_that_exits_holding_shielded_workers_ends() -> None:
+    """An uncaught error keeps the training loop's frames, and so its loader's iterator, alive until exit, where
+    multiprocessing ends its workers with a SIGTERM that shielded workers ignore: without shielded_batches' exit
+    handler the process waits for them forever."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from nepa.engine.signals import shielded_batches
+
+        batches = shielded_batches(torch.utils.data.DataLoader(range(64), num_workers=2))
+        next(batches)
+        raise RuntimeError("a bug in the step")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.rstrip().endswith("RuntimeError: a bug in the step"), out.stderr
 
 
 def test_resume_key_ignores_only_operational_params(tmp_path: Path) -> None:

@@ -57,11 +57,25 @@ def submitted(stderr: str) -> tuple[str, Path, Path]:
     return m[1], Path(m[2]), Path(m[3])
 
 
-def wait_for(ready, timeout_s: float, what: str) -> None:
+def wait_for(ready, timeout_s: float, what: str, job_id: str | None = None) -> None:
+    """Poll until ready(); past the timeout, fail naming what was awaited and, given a job, what SLURM says of it."""
     deadline = time.monotonic() + timeout_s
     while not ready():
-        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout_s} s" + (f"; {slurm_view(job_id)}" if job_id else ""))
         time.sleep(0.5)
+
+
+def slurm_view(job_id: str) -> str:
+    """The job's state and reason, and every node's state, as squeue and sinfo give them."""
+    views = {
+        f"job {job_id}": ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T (%r)"],
+        "nodes": ["sinfo", "-h", "-N", "-o", "%N %T (%E)"],
+    }
+    return "; ".join(
+        f"{name}: " + subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout.strip()
+        for name, cmd in views.items()
+    )
 
 
 # ---- without a cluster ------------------------------------------------------------------------
@@ -194,18 +208,22 @@ def test_stopping_the_waiting_verb_cancels_its_job(slurm, workdir: Path) -> None
 @contextlib.contextmanager
 def running_prepare(folder: Path, *args: str) -> Iterator[tuple[subprocess.Popen, Path, str]]:
     """`nepa prepare embedded` of 12,000 images (long enough to interrupt) as a SLURM job, from `folder`, once the
-    job is writing: (the waiting verb, its stderr file, the job id); the verb is stopped on the way out."""
+    job is writing: (the waiting verb, its stderr file, the job id). On the way out the verb is stopped and the
+    job cancelled, so that a failed test leaves no job to hold the cluster's CPUs in the next one."""
     log = folder / "outer.err"
     command = ["prepare", "embedded", *SUBMITIT, *SMALL_DATA, "--set", "data.embedded_images=[10000,2000]", *args]
     with log.open("w") as err:
         outer = subprocess.Popen([sys.executable, "-m", "nepa.cli", *command], stderr=err)
+    job_id = None
     try:
         wait_for(lambda: "logs:" in log.read_text(), 60, "submission")
         job_id, _, stderr_log = submitted(log.read_text())
-        wait_for(lambda: stderr_log.exists() and "embedded imagenet" in stderr_log.read_text(), 120, "progress")
+        wait_for(lambda: stderr_log.exists() and "embedded imagenet" in stderr_log.read_text(), 120, "progress", job_id)
         yield outer, log, job_id
     finally:
         outer.kill()
+        if job_id:  # a job that has ended is no longer known to scancel: its complaint does not matter
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
 
 
 @pytest.mark.slow

@@ -70,13 +70,11 @@ def test_the_resource_table_is_the_presets(tmp_path: Path) -> None:
 def refuses_requeue(slurm):
     """The local cluster set to JobRequeue=0 for one test: a job is requeueable only if it asks (--requeue)."""
     original = slurm.conf.read_text()
-    slurm.conf.write_text(original + "JobRequeue=0\n")
-    slurm.cmd("scontrol", "reconfigure")
+    slurm.reconfigure(original + "JobRequeue=0\n")
     try:
         yield slurm
     finally:
-        slurm.conf.write_text(original)
-        slurm.cmd("scontrol", "reconfigure")
+        slurm.reconfigure(original)
 
 
 @pytest.mark.slow

@@ -24,9 +24,11 @@ checkpoint is complete instead of racing it, and the requeued job resumes from i
 
 from __future__ import annotations
 
+import atexit
 import functools
 import signal
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 
 import torch
@@ -34,9 +36,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from nepa.engine.distributed import several_processes
-from nepa.stopping import EXIT_REQUEUE, PREEMPTION_SIGNALS, ignore_preemption, stop
+from nepa.stopping import EXIT_REQUEUE, PREEMPTION_SIGNALS, ignore_preemption, preemption_held, stop
 
-__all__ = ["EXIT_REQUEUE", "Preemption", "shield_workers"]
+__all__ = ["EXIT_REQUEUE", "Preemption", "shield_workers", "shielded_batches"]
 
 
 class Preemption:
@@ -91,6 +93,40 @@ def shield_workers(batches: object) -> None:
     worker is killed by signal" before it reaches the step boundary where it would checkpoint. The training
     process decides what a signal means; its workers end with it as usual. Start the workers inside
     nepa.stopping.preemption_held: one signalled between its fork and its worker_init_fn would still die of it.
+    shielded_batches does both, and ends the workers when this process exits.
     """
     if isinstance(batches, DataLoader) and batches.num_workers > 0:
         batches.worker_init_fn = functools.partial(_ignore_preemption, batches.worker_init_fn)
+
+
+# The iterators of shielded workers still open, ended at exit by _end_shielded_workers.
+_OPEN_SHIELDED: weakref.WeakSet = weakref.WeakSet()
+
+
+def shielded_batches(batches: Iterable) -> Iterator:
+    """iter(batches) with its DataLoader workers shielded (shield_workers), started while the signals are held.
+
+    Shielded workers also ignore the SIGTERM with which multiprocessing ends daemonic children at exit, and it
+    then waits for them: a process that exits while the iterator is still referenced (an uncaught error's
+    traceback holds the training loop's frames) would wait forever, holding its SLURM allocation. So at exit
+    they are asked to stop as torch does when an iterator is deleted.
+    """
+    shield_workers(batches)
+    with preemption_held():
+        iterator = iter(batches)
+    if hasattr(iterator, "_shutdown_workers"):  # torch's multi-process iterator
+        _OPEN_SHIELDED.add(iterator)
+        _end_shielded_workers_at_exit()
+    return iterator
+
+
+@functools.cache
+def _end_shielded_workers_at_exit() -> None:
+    # atexit runs last-registered first: this runs before multiprocessing's own exit handler (registered when
+    # torch.utils.data imported it), which would wait for the workers.
+    atexit.register(_end_shielded_workers)
+
+
+def _end_shielded_workers() -> None:
+    for iterator in list(_OPEN_SHIELDED):
+        iterator._shutdown_workers()  # what torch's __del__ of the iterator calls; idempotent

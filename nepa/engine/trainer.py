@@ -35,9 +35,8 @@ from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
 from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
-from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
+from nepa.engine.signals import EXIT_REQUEUE, Preemption, shielded_batches
 from nepa.errors import UserError
-from nepa.stopping import preemption_held
 
 EXIT_NONFINITE = 3
 
@@ -278,10 +277,7 @@ class Trainer:
         in-process augmentation) off them.
         """
         with torch.random.fork_rng(devices=[]):
-            loader = self.task.batches(state.epoch, state.batch)
-            shield_workers(loader)
-            with preemption_held():
-                iterator = iter(loader)
+            iterator = shielded_batches(self.task.batches(state.epoch, state.batch))
         while True:
             with torch.random.fork_rng(devices=[]):
                 batch = next(iterator, None)

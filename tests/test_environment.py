@@ -17,6 +17,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 from deepspeed.git_version_info import installed_ops
 
 import nepa
@@ -64,9 +65,12 @@ def test_image_name_and_version_come_from_one_place() -> None:
     assert 'runpy.run_path("nepa/__init__.py")["IMAGE"]' in (ROOT / ".github/workflows/release.yml").read_text()
 
 
-def test_conda_environment_uses_the_pinned_requirements() -> None:
-    env = (ROOT / "envs/environment.yaml").read_text()
-    assert "-r requirements-cuda.txt" in env and "python=3.11" in env
+def test_conda_environment_holds_the_pinned_requirements_and_this_checkouts_nepa() -> None:
+    """Conda runs an environment file's pip lines from the file's folder: `-e ..` is this checkout. (Conda does not
+    run here; pip given the same lines from envs/ installed this checkout's nepa, editable.)"""
+    env = yaml.safe_load((ROOT / "envs/environment.yaml").read_text())
+    [pip] = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    assert "python=3.11" in env["dependencies"] and pip == ["-r requirements-cuda.txt", "-e .."]
 
 
 def test_the_dockerfile_assumes_no_free_uid_and_no_writable_image() -> None:

@@ -93,8 +93,8 @@ class Evaluator:
     evaluation draws nothing from the generators a resumed run must find as they were.
     """
 
-    def __init__(self, model: NepaViT, batches: Callable[[], Iterable[Any]], device: torch.device):
-        self.model, self.batches, self.device = model, batches, device
+    def __init__(self, model: NepaViT, batches: Callable[[], Iterable[Any]], device: torch.device, progress: bool):
+        self.model, self.batches, self.device, self.progress = model, batches, device, progress
         self.shadow = copy.deepcopy(model)
         self.last: dict[str, float] | None = None
 
@@ -107,10 +107,14 @@ class Evaluator:
         return out
 
     def _scores(self, ema: Ema | None) -> Iterable[tuple[str, dict[str, float]]]:
-        yield "online", accuracy(self.model, self.batches(), self.device)
+        yield "online", self._accuracy(self.model, "online")
         if ema is not None:
             self.shadow.load_state_dict(ema.state_dict())
-            yield "ema", accuracy(self.shadow, self.batches(), self.device)
+            yield "ema", self._accuracy(self.shadow, "ema")
+
+    def _accuracy(self, model: NepaViT, weights: str) -> dict[str, float]:
+        bar = f"nepa {VERB}: evaluation ({weights} weights)" if self.progress else None
+        return accuracy(model, self.batches(), self.device, progress=bar)
 
     @staticmethod
     def fields(ema: bool) -> tuple[str, ...]:
@@ -146,7 +150,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
     val_batches = functools.partial(
         loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False, crop_ratio=f.eval_crop_ratio
     )
-    evaluator = Evaluator(model, val_batches, device)
+    evaluator = Evaluator(model, val_batches, device, progress=env.is_main)
     task = Task(
         model=model,
         loss=make_loss(f, num_classes),

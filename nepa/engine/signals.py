@@ -114,7 +114,7 @@ def shielded_batches(batches: Iterable) -> Iterator:
     shield_workers(batches)
     with preemption_held():
         iterator = iter(batches)
-    if hasattr(iterator, "_shutdown_workers"):  # torch's multi-process iterator
+    if isinstance(batches, DataLoader) and batches.num_workers > 0:
         _OPEN_SHIELDED.add(iterator)
         _end_shielded_workers_at_exit()
     return iterator

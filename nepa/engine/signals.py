@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import atexit
 import functools
+import multiprocessing
+import os
 import signal
-import weakref
 from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.synchronize import Event
 from types import FrameType
 
 import torch
@@ -79,54 +81,47 @@ class Preemption:
             previous(signum, None)
 
 
-def _ignore_preemption(worker_init: Callable[[int], None] | None, worker_id: int) -> None:
-    ignore_preemption()
-    if worker_init is not None:
-        worker_init(worker_id)
-
-
 def shield_workers(batches: object) -> None:
-    """Make a DataLoader's worker processes ignore the preemption signals.
+    """Make a DataLoader's worker processes ignore the preemption signals while this process runs.
 
     SLURM signals every process of the job step, DataLoader workers included, and torch's workers die on a
     SIGTERM that does not come from their parent, which then stops the training process with "DataLoader
     worker is killed by signal" before it reaches the step boundary where it would checkpoint. The training
     process decides what a signal means; its workers end with it as usual. Start the workers inside
     nepa.stopping.preemption_held: one signalled between its fork and its worker_init_fn would still die of it.
-    shielded_batches does both, and ends the workers when this process exits.
+    shielded_batches does both.
+
+    Once this process exits, a worker ends at SIGTERM after all: multiprocessing ends its daemonic children, the
+    workers among them, with SIGTERM and then waits for them, so a process that exits while its loader's workers
+    still run (an uncaught error's traceback holds the training loop's frames, and with them the loader's
+    iterator) would otherwise wait forever, holding its SLURM allocation.
     """
     if isinstance(batches, DataLoader) and batches.num_workers > 0:
-        batches.worker_init_fn = functools.partial(_ignore_preemption, batches.worker_init_fn)
-
-
-# The iterators of shielded workers still open, ended at exit by _end_shielded_workers.
-_OPEN_SHIELDED: weakref.WeakSet = weakref.WeakSet()
-
-
-def shielded_batches(batches: Iterable) -> Iterator:
-    """iter(batches) with its DataLoader workers shielded (shield_workers), started while the signals are held.
-
-    Shielded workers also ignore the SIGTERM with which multiprocessing ends daemonic children at exit, and it
-    then waits for them: a process that exits while the iterator is still referenced (an uncaught error's
-    traceback holds the training loop's frames) would wait forever, holding its SLURM allocation. So at exit
-    they are asked to stop as torch does when an iterator is deleted.
-    """
-    shield_workers(batches)
-    with preemption_held():
-        iterator = iter(batches)
-    if isinstance(batches, DataLoader) and batches.num_workers > 0:
-        _OPEN_SHIELDED.add(iterator)
-        _end_shielded_workers_at_exit()
-    return iterator
+        batches.worker_init_fn = functools.partial(_shielded_worker, _exiting(), batches.worker_init_fn)
 
 
 @functools.cache
-def _end_shielded_workers_at_exit() -> None:
-    # atexit runs last-registered first: this runs before multiprocessing's own exit handler (registered when
-    # torch.utils.data imported it), which would wait for the workers.
-    atexit.register(_end_shielded_workers)
+def _exiting() -> Event:
+    """Set when this process exits, before multiprocessing's exit handler sends its SIGTERMs: atexit runs the last
+    registered first, and multiprocessing registered its handler when torch.utils.data imported it."""
+    exiting = multiprocessing.Event()
+    atexit.register(exiting.set)
+    return exiting
 
 
-def _end_shielded_workers() -> None:
-    for iterator in list(_OPEN_SHIELDED):
-        iterator._shutdown_workers()  # what torch's __del__ of the iterator calls; idempotent
+def _shielded_worker(exiting: Event, worker_init: Callable[[int], None] | None, worker_id: int) -> None:
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if exiting.is_set():
+            os._exit(0)  # quietly: torch's SIGCHLD check in the parent reports a worker that ends otherwise
+
+    ignore_preemption()
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if worker_init is not None:
+        worker_init(worker_id)
+
+
+def shielded_batches(batches: Iterable) -> Iterator:
+    """iter(batches), its DataLoader workers shielded (shield_workers) and started while the signals are held."""
+    shield_workers(batches)
+    with preemption_held():
+        return iter(batches)

@@ -218,14 +218,12 @@ def test_a_worker_signalled_as_it_starts_survives() -> None:
     worker ignores it (this process's own handler gets its copy when the block ends)."""
     received = []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
-    workers = []
     try:
         loader = torch.utils.data.DataLoader(_Dispositions(), num_workers=2, worker_init_fn=_worker_init)
         shield_workers(loader)
         with preemption_held():
             iterator = iter(loader)
-            workers = iterator._workers
-            for worker in workers:  # at once: most have not reached their worker_init_fn yet
+            for worker in iterator._workers:  # at once: most have not reached their worker_init_fn yet
                 os.kill(worker.pid, signal.SIGTERM)
             # to this thread: sent to the process, any thread that does not hold it may take it (torch's OpenMP
             # threads do not), and its handler then runs at a moment no assert can wait for
@@ -235,8 +233,6 @@ def test_a_worker_signalled_as_it_starts_survives() -> None:
         assert list(iterator) == [[SHIELDED]]
     finally:
         signal.signal(signal.SIGUSR1, previous)
-        for worker in workers:  # a failed test's traceback keeps them, and they ignore pytest's SIGTERM at exit
-            worker.kill()
 
 
 def test_a_process_that_exits_holding_shielded_workers_ends() -> None:

@@ -29,8 +29,8 @@ Layer = dict[str, Any]
 #   90/0.3: 75.1 +- 2.1; on all 10,000 test images 74.2 +- 1.3).
 # - data: 10,000 training images; all 10,000 of Fashion-MNIST's test images for validation. With 1,000 a score
 #   near 75 % had a binomial SE of 1.4 points, as large as the seed spread it is judged by (seed 0's probe: 77.5 on
-#   the first 1,000, 75.4 on all 10,000); 10,000 make it 0.4 for ~50 s more of
-#   evaluation (fine-tune stage +29 s, probe +20 s).
+#   the first 1,000, 75.4 on all 10,000); 10,000 make it 0.4 for ~50 s more of evaluation (fine-tune stage
+#   +29 s, probe +20 s).
 EMBEDDED: Layer = {
     "data": {"embedded_images": [10000, 10000]},
     "model": {"rope_rescale": None},

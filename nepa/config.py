@@ -31,11 +31,14 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from nepa.batch import TRAINED, stage_batch
 from nepa.errors import UserError
 from nepa.presets import (
     ABLATION_TABLE,
@@ -322,6 +325,13 @@ class Params(Section):
     probe: ProbeParams = ProbeParams()
     segment: SegmentParams = SegmentParams()
     launcher: LauncherParams = LauncherParams()
+    # The training stages whose micro_batch params.yaml or --set gives: used as given (nepa/batch.py), where the
+    # recipe's is an upper bound. Known to load_params only, which hands it to validation.
+    _pinned: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @property
+    def pinned_micro_batches(self) -> frozenset[str]:
+        return self._pinned
 
     @property
     def seeded(self) -> bool:
@@ -344,26 +354,14 @@ class Params(Section):
         return self.run_of(pretraining_source(self.variant, self.scale == "full"))
 
     @model_validator(mode="after")
-    def _consistent(self) -> Params:
+    def _consistent(self, info: ValidationInfo) -> Params:
         """Checks across keys; each names the keys and the fix."""
         f = self.finetune
         if f.report != "online_final" and f.ema_decay is None:
             raise ValueError(f"finetune.report is {f.report} but finetune.ema_decay is off; set one of them")
-        if f.mixup + f.cutmix > 0 and f.micro_batch % 2:
-            raise ValueError(
-                f"finetune.micro_batch {f.micro_batch}: Mixup pairs each batch with its reverse, use an even one"
-            )
-        for stage in ("pretrain", "finetune", "segment"):
-            section: TrainingParams = getattr(self, stage)
-            # SLURM's task count is known here; a local run's (torchrun) only to the engine, which checks it too.
-            tasks = self.launcher.tasks(stage) if self.launcher.kind == "submitit" else 1
-            per_step = section.micro_batch * tasks
-            if section.global_batch % per_step:
-                where = f" x {tasks} SLURM tasks (launcher) = {per_step}" if tasks > 1 else ""
-                raise ValueError(
-                    f"{stage}.global_batch {section.global_batch} is not a multiple of {stage}.micro_batch "
-                    f"{section.micro_batch}{where}; change one so that gradient accumulation is a whole number"
-                )
+        self._pinned = frozenset((info.context or {}).get("pinned_micro_batches", ()))
+        for stage in TRAINED:  # what holds on any number of processes: one (the rest: each stage's own count)
+            stage_batch(self, stage, 1)
         return self
 
 
@@ -476,8 +474,9 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
     resolved: dict[str, Any] = {}
     for _, layer in layers:
         resolved = merge(resolved, layer)
+    pinned = [stage for stage in TRAINED if "micro_batch" in (top.get(stage) or {})]
     try:
-        params = Params.model_validate(_lists_to_tuples(resolved))
+        params = Params.model_validate(_lists_to_tuples(resolved), context={"pinned_micro_batches": pinned})
     except ValidationError as e:
         raise UserError(_one_line(e, str(path))) from None
     if params.scale == "full" and params.data.imagenet_src is None:

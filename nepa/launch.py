@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from nepa.batch import TRAINED, stage_batch
 from nepa.config import LauncherParams, Params
 from nepa.errors import UserError
 
@@ -218,6 +219,8 @@ def follow(verb: str, job: submitit.Job) -> str | None:
 
 def run_on_cluster(verb: str, argv: list[str], params: Params) -> int:
     """Run `nepa VERB ARGV` as a SLURM job: its exit status (the first failed task's), 1 if SLURM ended it."""
+    if verb in TRAINED:  # a batch that cannot split over the job's tasks stops here, not after its wait in the queue
+        stage_batch(params, verb, params.launcher.tasks(verb))
     ex = executor(verb, params.launcher)
     task = StageTask([verb, *argv, "--set", "launcher.kind=local"], os.getcwd())
     try:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from nepa.batch import TRAINED, BatchError, stage_batch
 from nepa.config import Params, SlurmParams
 from nepa.presets import (
     ABLATION_BATCH,
@@ -218,16 +219,15 @@ def gpus(p: Params, stage: str) -> int:
 
 
 def batch_text(p: Params, stage: str) -> str:
-    """The global batch as processes x micro-batch x accumulation."""
-    section = getattr(p, stage, None)
+    """The global batch as micro-batch x processes x accumulation on the stage's processes (nepa/batch.py)."""
     if stage == "probe":
-        return f"{section.global_batch} on 1 process"
-    if section is None or not hasattr(section, "micro_batch"):
+        return f"{p.probe.global_batch} on 1 process"
+    if stage not in TRAINED:
         return ""
-    world = p.launcher.tasks(stage)
-    per_step = section.micro_batch * world
-    accumulation = f" x {section.global_batch // per_step} acc." if section.global_batch % per_step == 0 else " ✗"
-    return f"{section.global_batch} = {section.micro_batch} x {world} proc.{accumulation}"
+    try:
+        return str(stage_batch(p, stage, p.launcher.tasks(stage)))
+    except BatchError:
+        return f"{getattr(p, stage).global_batch} on {p.launcher.tasks(stage)} proc. ✗"
 
 
 def schedule_text(p: Params, stage: str) -> str:
@@ -293,15 +293,11 @@ def _job_problems(job: Job, p: Params, full: bool) -> list[str]:
                 f"{job.name}: runs on one process but gets {n} GPUs; set launcher.stages.{job.stage}: "
                 "{nodes: 1, gpus_per_node: 1}"
             )
-    section = getattr(p, job.stage, None)
-    if job.stage in ("pretrain", "finetune", "segment"):
-        world = p.launcher.tasks(job.stage)
-        if section.global_batch % (section.micro_batch * world):
-            problems.append(
-                f"{job.name}: {job.stage}.global_batch {section.global_batch} is not a multiple of "
-                f"micro_batch {section.micro_batch} x {world} processes; change {job.stage}.micro_batch "
-                f"or launcher.stages.{job.stage}"
-            )
+    if job.stage in TRAINED:  # on the processes of its own stage only
+        try:
+            stage_batch(p, job.stage, p.launcher.tasks(job.stage))
+        except BatchError as e:
+            problems.append(f"{job.name}: {e} (launcher.stages.{job.stage}: nodes x gpus_per_node)")
     if full and job.stage == "pretrain":
         s = pretrain_schedule(p)
         if s.stop_step < s.total_steps:

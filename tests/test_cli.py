@@ -57,8 +57,8 @@ def test_a_stage_under_submitit_is_submitted(workdir: Path, capsys: pytest.Captu
         ("pretrain", "pretrain.global_batch=-8", "pretrain.global_batch: Input should be greater than 0 (got -8)"),
         (
             "pretrain",
-            "pretrain.global_batch=100",
-            "pretrain.global_batch 100 is not a multiple of pretrain.micro_batch 64",
+            "pretrain.micro_batch=48",
+            "pretrain.micro_batch 48 (pinned in params) x 1 process does not divide pretrain.global_batch 64",
         ),
         ("pretrain", "pretrain.micro_batch=0", "pretrain.micro_batch: Input should be greater than 0"),
         ("pretrain", "pretrain.epochs=0", "pretrain.epochs: Input should be greater than 0"),
@@ -92,17 +92,21 @@ def test_bad_sizes_counts_and_ratios_are_one_line(
     assert "\n" not in err and "Traceback" not in err
 
 
-def test_global_batch_fits_the_slurm_tasks_of_its_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Under submitit the process count of a stage is known before it starts: a batch that does not split
-    over it stops here, not in a job after its wait in the queue."""
-    params = tmp_path / "params.yaml"
+def test_global_batch_fits_the_slurm_tasks_of_its_stage(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under submitit the process count of a stage is known before it starts: the recipe's micro-batch gives way
+    (64 = 4 x 16 tasks), while a pinned one that does not split over them stops the stage here, not in a job after
+    its wait in the queue; the other stages' batches are not held against the pretraining's tasks."""
+    params = workdir / "params.yaml"
     params.write_text("launcher:\n  kind: submitit\n  stages:\n    pretrain: {nodes: 2, gpus_per_node: 8}\n")
-    assert nepa_main(["params", "--params", str(params)]) == 2
+    assert nepa_main(["params", "--params", str(params), "--set", "launcher.processes=2"]) == 0
+    capsys.readouterr()
+    assert nepa_main(["pretrain", "--params", str(params), "--set", "pretrain.micro_batch=8"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"nepa params: error: {params}: pretrain.global_batch 64 is not a multiple of pretrain.micro_batch 64 x 16 "
-        "SLURM tasks (launcher) = 1024; change one so that gradient accumulation is a whole number"
+        "nepa pretrain: error: pretrain.micro_batch 8 (pinned in params) x 16 processes does not divide "
+        "pretrain.global_batch 64; set pretrain.micro_batch to 4, run it on 8 processes, or remove "
+        "pretrain.micro_batch to let nepa choose"
     )
-    assert nepa_main(["params", "--params", str(params), "--set", "pretrain.global_batch=1024"]) == 0
+    assert not (workdir / "submissions").exists()
 
 
 def test_one_list_of_model_sizes() -> None:

@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from nepa.batch import split_batch
 from nepa.config import load_params
 from nepa.engine import distributed, rng
 from nepa.engine.checkpoint import LATEST, PARTIAL, STATE_FILE, Checkpoints, resume_key, tag
@@ -31,7 +32,7 @@ from nepa.engine.ema import Ema
 from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
 from nepa.engine.pretrain import build_model, images_loss
-from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
+from nepa.engine.schedule import peak_lr, plan, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import EXIT_USAGE, UserError
@@ -42,9 +43,9 @@ from nepa.stopping import preemption_held
 
 
 def test_global_batch_must_be_whole_micro_batches() -> None:
-    assert accumulation_steps(256, 64, 2) == 2
-    with pytest.raises(UserError, match=r"global_batch 256 is not a multiple of micro_batch 48 x 2 process"):
-        accumulation_steps(256, 48, 2)
+    assert split_batch(256, 64, 2, pinned=True).accumulation == 2  # the engine's: the verb's micro-batch, exactly
+    with pytest.raises(UserError, match=r"micro_batch 48 \(pinned in params\) x 2 processes does not divide"):
+        split_batch(256, 48, 2, pinned=True)
     assert peak_lr(3e-4, 4096) == pytest.approx(4.8e-3)  # the paper's 4096-batch lr
 
 

@@ -129,7 +129,10 @@ def test_at_embedded_scale_ablations_run_their_stand_ins_with_a_probe(tmp_path: 
         (("pretrain.epochs=1600",), "but row 1a-full (Table 1a) is 50,000 steps at batch 2048"),
         # 15.4: downstream stages without GPUs, segmentation's batch over 16 GPUs, the probe on 8
         (("launcher.stages.finetune.gpus_per_node=0",), "finetune base-ft_causal: no GPUs at scale full"),
-        (("launcher.stages.segment.nodes=2",), "segment.global_batch 16 is not a multiple of micro_batch 2 x 16"),
+        (
+            ("launcher.stages.segment.nodes=2",),
+            "segment.global_batch 16 does not split over 16 processes in micro-batches of 2; run it on 8 processes",
+        ),
         (("launcher.stages.probe.gpus_per_node=8",), "probe base-nepa: runs on one process but gets 8 GPUs"),
         # 15.8: a multi-day run that its time limit and requeues cannot hold
         (("launcher.stages.pretrain.max_timeouts=0",), "set launcher.stages.pretrain.max_timeouts to"),

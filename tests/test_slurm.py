@@ -264,9 +264,6 @@ PRETRAIN_RUN = [
     "launcher.processes=2",
     "launcher.slurm.cpus_per_task=1",
     "launcher.slurm.mem_gb=4",
-    # params check every stage's batch against the 2 SLURM tasks, not only pretrain's
-    "finetune.global_batch=128",
-    "segment.global_batch=16",
 ]
 
 

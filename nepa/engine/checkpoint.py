@@ -70,6 +70,7 @@ class TrainState:
     batch: int = 0  # micro-batches of `epoch` this rank has consumed
     wall_s: float = 0.0  # training time so far, summed over resumes
     world: int = 1
+    micro_batch: int = 0  # per process (it depends on the world size: nepa/batch.py); 0 in older checkpoints
     zero_stage: int = 0
     resume_key: str = ""  # TrainConfig.resume_key of the run that wrote it
     card: dict[str, str] = dataclasses.field(default_factory=dict)  # the task's provenance: params hash, data...

@@ -22,6 +22,7 @@ import pandas as pd
 from torch import Tensor
 
 from nepa import models
+from nepa.batch import section_for
 from nepa.config import Params
 from nepa.data.loaders import make_loader, num_batches
 from nepa.engine import distributed, rng
@@ -64,7 +65,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
     split = train_split(params)
     env = distributed.from_environ()
     device = distributed.init(env)
-    p = params.pretrain
+    p = section_for(params, "pretrain", env.world)
     rng.seed_all(params.seed)  # the same initial weights on every rank
     model = build_model(params)
     loader: dict[str, Any] = dict(

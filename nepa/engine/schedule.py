@@ -1,4 +1,4 @@
-"""Batch arithmetic and the learning-rate schedule, all counted in optimizer steps.
+"""The learning-rate schedule, counted in optimizer steps (the batch rule: nepa/batch.py).
 
 lr = base_lr * global_batch / 256 (the linear scaling rule of MAE and the paper), linear warm-up, then
 cosine to 0 at the end of `epochs`. An optimizer step never spans two epochs: the micro-batches of an
@@ -15,19 +15,6 @@ from nepa.errors import UserError
 
 def peak_lr(base_lr: float, global_batch: int) -> float:
     return base_lr * global_batch / 256
-
-
-def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
-    """Micro-batches per process and optimizer step; the global batch must be a whole number of them."""
-    if global_batch < 1 or micro_batch < 1:
-        raise UserError(f"global_batch {global_batch} and micro_batch {micro_batch} must both be at least 1")
-    per_step = micro_batch * world
-    if global_batch % per_step:
-        raise UserError(
-            f"global_batch {global_batch} is not a multiple of micro_batch {micro_batch} x {world} process(es) "
-            f"= {per_step}; change global_batch or micro_batch so that gradient accumulation is a whole number"
-        )
-    return global_batch // per_step
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,14 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from nepa.batch import split_batch
 from nepa.engine import faults, rng
 from nepa.engine.checkpoint import ELASTIC_STAGES, Checkpoints, TrainState, read_state
 from nepa.engine.distributed import DistEnv, several_processes
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
-from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
+from nepa.engine.schedule import peak_lr, plan, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shielded_batches
 from nepa.errors import UserError
 
@@ -176,7 +177,8 @@ class NonFiniteGuard:
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task, env: DistEnv, device: torch.device):
         self.cfg, self.task, self.env, self.device = cfg, task, env, device
-        self.accumulation = accumulation_steps(cfg.global_batch, cfg.micro_batch, env.world)
+        # the verb hands the micro-batch of this world size (nepa.batch.section_for): it must split exactly
+        self.accumulation = split_batch(cfg.global_batch, cfg.micro_batch, env.world, pinned=True).accumulation
         self.plan = plan(
             cfg.epochs,
             cfg.warmup_epochs,
@@ -237,6 +239,7 @@ class Trainer:
             rng.seed_all(self.cfg.seed + self.env.rank)  # each rank its own stream for masks, drop path...
             return TrainState(
                 world=self.env.world,
+                micro_batch=self.cfg.micro_batch,
                 zero_stage=self.cfg.zero_stage,
                 resume_key=self.cfg.resume_key,
                 card=dict(self.cfg.card),
@@ -253,19 +256,22 @@ class Trainer:
             return state
         # The same global batches on another world size: step s still takes the permutation's s-th block of
         # global_batch samples (nepa/data/loaders.py); only how many micro-batches make a step changes.
-        before = self.cfg.global_batch // (self.cfg.micro_batch * state.world)
+        micro = state.micro_batch or self.cfg.micro_batch  # 0: written before checkpoints recorded it
+        before = self.cfg.global_batch // (micro * state.world)
         state.batch = state.batch // before * self.accumulation
         self._say(
             f"resuming from {latest} (step {state.step}) on {self.env.world} process(es), written by "
             f"{state.world}: ZeRO-{state.zero_stage} state resharded, gradient accumulation {before} -> "
-            f"{self.accumulation}, same global batches; "
+            f"{self.accumulation}"
+            + (f" (micro-batch {micro} -> {self.cfg.micro_batch})" if micro != self.cfg.micro_batch else "")
+            + ", same global batches; "
             + (
                 f"ranks {state.world}..{self.env.world - 1} start new random streams"
                 if self.env.world > state.world
                 else f"the random streams of ranks {self.env.world}..{state.world - 1} end"
             )
         )
-        state.world = self.env.world
+        state.world, state.micro_batch = self.env.world, self.cfg.micro_batch
         return state
 
     def _epoch_batches(self, state: TrainState) -> Iterator[Any]:

@@ -26,6 +26,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch import Tensor, nn
 
+from nepa.batch import section_for
 from nepa.config import FinetuneParams, Params
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
@@ -133,10 +134,10 @@ add_arguments = stage.add_init_args
 
 
 def main(args: argparse.Namespace, params: Params) -> int:
-    f = params.finetune
     weights, train, val, folder = stage.inputs(args, params, VERB, "imagenet")
     env = distributed.from_environ()
     device = distributed.init(env)
+    f = section_for(params, VERB, env.world)
 
     num_classes = len(read_split(train)[0]["classes"])
     model = build_model(params, weights, num_classes)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from nepa.batch import section_for
 from nepa.config import Params, SegmentParams
 from nepa.data.loaders import make_loader, num_batches, read_split
 from nepa.engine import distributed, rng
@@ -137,6 +138,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         raise UserError(f"segment.num_classes {num_classes}: the prepared ADE20K shards have {data_classes} classes")
     env = distributed.from_environ()
     device = distributed.init(env)
+    s = section_for(params, VERB, env.world)
 
     model = build_model(params, weights, num_classes, device, env.world)
     loader = functools.partial(

@@ -266,6 +266,9 @@ class LauncherParams(Section):
 
     kind: Literal["local", "submitit"] = "local"
     processes: PositiveInt = 1  # processes per node without GPUs: here (local) or SLURM tasks (slurm.gpus_per_node 0)
+    # How long the processes of a multi-process stage wait for each other at the start before giving up with one
+    # line (nepa/engine/distributed.py); torchrun's join timeout. Cover the start-up skew of your nodes.
+    rendezvous_timeout_s: PositiveInt = 600
     folder: str = "runs/slurm"  # submitit job folders: FOLDER/VERB/JOBID/ (sbatch file, logs, results)
     slurm: SlurmParams = SlurmParams()
     stages: dict[str, SlurmParams] = Field(default_factory=dict)  # verb -> its resources (see above)

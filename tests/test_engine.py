@@ -83,7 +83,8 @@ def test_rank_and_world_from_each_launcher() -> None:
 
 def test_several_processes_need_master_addr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    with pytest.raises(UserError, match="MASTER_ADDR is not set"):
+    monkeypatch.delenv("SLURM_JOB_NODELIST", raising=False)
+    with pytest.raises(UserError, match="MASTER_ADDR is not set and this is no SLURM job step"):
         distributed.init(DistEnv(1, 2, 1))
 
 

@@ -1,10 +1,15 @@
 """Rank and world from the environment, and the process group: one code path for every launcher.
 
 - `deepspeed` and `torchrun` set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT;
-- a SLURM task (srun, submitit) has SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID, and the job script
-  exports MASTER_ADDR (the first node) and optionally MASTER_PORT;
+- a SLURM task (srun in any sbatch script, or submitit) has SLURM_PROCID, SLURM_NTASKS and SLURM_LOCALID; the
+  rendezvous is the job's first node (SLURM_JOB_NODELIST, parsed by submitit) at a port derived from the job id,
+  as torchrun's and Lightning's SLURM support do, unless MASTER_ADDR / MASTER_PORT say otherwise;
 - with neither, the run is a single process.
-The process group is gloo on CPU and NCCL on GPU.
+
+Several processes first meet at that address within a bounded wait (launcher.rendezvous_timeout_s): a world
+that cannot form ends with one line naming the ranks or the address that were missing (exit 2), and a
+preemption signal during the wait ends the process at once (the wait is a Python loop of short polls, never a
+blocking call). The process group (gloo on CPU, NCCL on GPU) is then built on the same store.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import hashlib
 import os
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import deepspeed
@@ -24,14 +31,19 @@ import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator, set_accelerator
 from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
 from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator
+from deepspeed.constants import default_pg_timeout
 from deepspeed.git_version_info import installed_ops
 from deepspeed.ops.op_builder.builder import OpBuilder
+from submitit.slurm.slurm import SlurmJobEnvironment
 from torch.utils.cpp_extension import get_default_build_root
 
 from nepa.engine.host_memory import keep_freed_memory
 from nepa.errors import UserError
 
-DEFAULT_PORT = 29500
+DEFAULT_PORT = 29500  # torchrun's
+RENDEZVOUS_TIMEOUT_S = 600  # torchrun's join timeout; params: launcher.rendezvous_timeout_s
+POLL_S = 0.2  # between two looks at the rendezvous: how soon a signal is acted on
+JOINED = "nepa/rendezvous/joined/{}"
 
 
 @dataclass(frozen=True)
@@ -142,21 +154,101 @@ def use_accelerator(cuda: bool) -> None:
         set_accelerator(CUDA_Accelerator() if cuda else CPU_Accelerator())
 
 
-def init(env: DistEnv) -> torch.device:
+@dataclass(frozen=True)
+class Rendezvous:
+    host: str
+    port: int
+    source: str  # where the address came from, for the message when the world does not form
+
+
+def rendezvous_address(environ: Mapping[str, str] = os.environ) -> Rendezvous | None:
+    """Where the ranks meet: MASTER_ADDR (a launcher's), else the first node of the SLURM job; the port from
+    MASTER_PORT, else from the SLURM job id (20000-59999), else torchrun's default. None: no address known."""
+    port = environ.get("MASTER_PORT")
+    job = environ.get("SLURM_JOB_ID")
+    if port is None:
+        port = str(20000 + int(job) % 40000) if job and job.isdigit() else str(DEFAULT_PORT)
+        port_source = f"port from SLURM_JOB_ID {job}" if job and job.isdigit() else "torchrun's default port"
+    else:
+        port_source = "MASTER_PORT"
+    if "MASTER_ADDR" in environ:
+        return Rendezvous(environ["MASTER_ADDR"], int(port), f"MASTER_ADDR, {port_source}")
+    if environ.get("SLURM_JOB_NODELIST"):
+        first = SlurmJobEnvironment().hostnames[0]  # submitit parses SLURM's compressed list ("gpu[01-04]")
+        return Rendezvous(first, int(port), f"the first node of SLURM_JOB_NODELIST, {port_source}")
+    return None
+
+
+def _answers(at: Rendezvous) -> bool:
+    """Whether something listens at the rendezvous address now."""
+    try:
+        with socket.create_connection((at.host, at.port), timeout=POLL_S):
+            return True
+    except OSError:  # refused, unreachable, not resolvable (yet)
+        return False
+
+
+def rendezvous(env: DistEnv, at: Rendezvous, timeout_s: float) -> dist.TCPStore:
+    """Meet the other ranks at `at` (rank 0 serves it) within `timeout_s`; the store the process group is built
+    on. Every wait is a short poll, so that a signal ends the wait at once."""
+    deadline = time.monotonic() + timeout_s
+    where = f"{at.host}:{at.port} ({at.source})"
+    if env.rank == 0:
+        try:
+            store = dist.TCPStore(at.host, at.port, env.world, is_master=True, wait_for_workers=False)
+        except RuntimeError as error:
+            raise UserError(
+                f"rank 0 of {env.world}: cannot serve the rendezvous at {where}: {str(error).splitlines()[0]}; "
+                "set MASTER_PORT to a free port"
+            ) from None
+    else:
+        # A plain socket probes for rank 0's server first: c10d's client logs a stack trace per failed try.
+        while not _answers(at):
+            if time.monotonic() >= deadline:
+                raise UserError(
+                    f"rank {env.rank} of {env.world}: rank 0's rendezvous at {where} did not answer within "
+                    f"{timeout_s:g} s (launcher.rendezvous_timeout_s); start every rank (srun with one task per "
+                    "GPU), or set MASTER_ADDR to rank 0's host"
+                )
+            time.sleep(POLL_S)
+        store = dist.TCPStore(at.host, at.port, env.world, is_master=False, timeout=timedelta(seconds=timeout_s))
+    store.set(JOINED.format(env.rank), "1")
+    everyone = [JOINED.format(rank) for rank in range(env.world)]
+    if env.rank == 0 and not store.check(everyone):
+        print(
+            f"nepa: rank 0 of {env.world}: waiting for the other ranks at {where}, up to {timeout_s:g} s",
+            file=sys.stderr,
+        )
+    while not store.check(everyone):
+        if time.monotonic() >= deadline:
+            missing = [rank for rank in range(env.world) if not store.check([JOINED.format(rank)])]
+            raise UserError(
+                f"rank {env.rank} of {env.world}: rank(s) {', '.join(map(str, missing))} did not join the "
+                f"rendezvous at {where} within {timeout_s:g} s (launcher.rendezvous_timeout_s); start all "
+                f"{env.world} processes (srun --ntasks={env.world}: one per GPU), or run with a world of the "
+                "processes you start (WORLD_SIZE, SLURM_NTASKS)"
+            )
+        time.sleep(POLL_S)
+    store.set_timeout(default_pg_timeout)  # from here on the process group's own (DeepSpeed's) timeout
+    return store
+
+
+def init(env: DistEnv, rendezvous_timeout_s: float = RENDEZVOUS_TIMEOUT_S) -> torch.device:
     """Join the process group (a group of one without a launcher) and return this process's device."""
-    if env.world > 1 and "MASTER_ADDR" not in os.environ:
+    at = rendezvous_address()
+    if env.world > 1 and at is None:
         raise UserError(
-            f"rank {env.rank} of {env.world}: MASTER_ADDR is not set; in a SLURM script export "
-            "MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1), or launch with deepspeed/torchrun"
+            f"rank {env.rank} of {env.world}: MASTER_ADDR is not set and this is no SLURM job step "
+            "(no SLURM_JOB_NODELIST); export MASTER_ADDR (rank 0's host), or launch with srun, deepspeed or torchrun"
         )
     # A lone process picks a free port so that concurrent single-process runs on one host do not collide.
-    port = os.environ.get("MASTER_PORT") or str(DEFAULT_PORT if env.world > 1 else _free_port())
+    port = at.port if env.world > 1 else int(os.environ.get("MASTER_PORT") or _free_port())
     os.environ.update(
         RANK=str(env.rank),
         WORLD_SIZE=str(env.world),
         LOCAL_RANK=str(env.local_rank),
-        MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-        MASTER_PORT=port,
+        MASTER_ADDR=at.host if env.world > 1 else os.environ.get("MASTER_ADDR", "127.0.0.1"),
+        MASTER_PORT=str(port),
     )
     cuda = torch.cuda.is_available()
     if cuda:
@@ -167,7 +259,14 @@ def init(env: DistEnv) -> torch.device:
         use_accelerator(cuda)
         if not cuda:
             build_cpu_comm_op()
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+        backend = "nccl" if cuda else "gloo"
+        if env.world > 1:
+            store = rendezvous(env, at, rendezvous_timeout_s)
+            device = {"device_id": torch.device("cuda", env.local_rank)} if cuda else {}  # as DeepSpeed does
+            dist.init_process_group(
+                backend, store=store, rank=env.rank, world_size=env.world, timeout=default_pg_timeout, **device
+            )
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
 
 

@@ -64,7 +64,7 @@ def build_model(params: Params) -> models.NepaViT:
 def main(args: argparse.Namespace, params: Params) -> int:
     split = train_split(params)
     env = distributed.from_environ()
-    device = distributed.init(env)
+    device = distributed.init(env, params.launcher.rendezvous_timeout_s)
     p = section_for(params, "pretrain", env.world)
     rng.seed_all(params.seed)  # the same initial weights on every rank
     model = build_model(params)

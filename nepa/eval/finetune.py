@@ -136,7 +136,7 @@ add_arguments = stage.add_init_args
 def main(args: argparse.Namespace, params: Params) -> int:
     weights, train, val, folder = stage.inputs(args, params, VERB, "imagenet")
     env = distributed.from_environ()
-    device = distributed.init(env)
+    device = distributed.init(env, params.launcher.rendezvous_timeout_s)
     f = section_for(params, VERB, env.world)
 
     num_classes = len(read_split(train)[0]["classes"])

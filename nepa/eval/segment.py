@@ -137,7 +137,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
     if data_classes > num_classes:
         raise UserError(f"segment.num_classes {num_classes}: the prepared ADE20K shards have {data_classes} classes")
     env = distributed.from_environ()
-    device = distributed.init(env)
+    device = distributed.init(env, params.launcher.rendezvous_timeout_s)
     s = section_for(params, VERB, env.world)
 
     model = build_model(params, weights, num_classes, device, env.world)

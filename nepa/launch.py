@@ -3,7 +3,9 @@
 Outside (the shell, Snakemake, DVC): `nepa VERB ARGS` resolves its params, then `run_on_cluster` submits
 `python -m nepa.cli VERB ARGS --set launcher.kind=local` through submitit with the stage's resources
 (params.launcher.resources(VERB)), prints the job id and log paths, streams task 0's log, and exits with the
-job's status, so a workflow sees the job's success or failure as the verb's own.
+job's status, so a workflow sees the job's success or failure as the verb's own. While the job waits it says
+SLURM's reason (again every PENDING_NOTE_S); a reason that waiting cannot clear (more nodes or time than the
+partition allows, an invalid account or QOS...) cancels the job with one line naming the setting (exit 2).
 
 Inside: every SLURM task (one per GPU, or launcher.processes per node on CPU) runs a `StageTask`, which sets
 the torch/DeepSpeed rendezvous (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) from submitit's job
@@ -18,11 +20,13 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,6 +44,7 @@ ACTIVE_STATES = frozenset(
 )
 RESULT_GRACE_S = 10  # results written just before the job ended may show late on a shared file system
 MAX_POLL_S = 30  # the longest pause between two squeue calls: slurmctld serves every waiting stage
+PENDING_NOTE_S = 600  # while a job waits, its state and reason again this often
 
 
 def sbatch_parameters(verb: str, launcher: LauncherParams) -> dict[str, Any]:
@@ -157,17 +162,78 @@ def _outside_any_job() -> Iterator[None]:
         yield
 
 
-def queue_state(job_id: str) -> str | None:
-    """The job's state from squeue, which works with and without accounting (sacct): '' once SLURM has
-    forgotten the job, None when SLURM does not answer (a controller restart is no reason to give up)."""
+@dataclass(frozen=True)
+class QueueEntry:
+    state: str  # '' once SLURM has forgotten the job
+    reason: str = ""  # why it is in that state ('' where SLURM says None)
+    partition: str = ""
+
+
+def queue_entry(job_id: str) -> QueueEntry | None:
+    """The job's state, reason and partition from squeue, which works with and without accounting (sacct);
+    None when SLURM does not answer (a controller restart is no reason to give up)."""
     try:
-        command = ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"]
+        command = ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%P"]
         out = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:
         return None
-    if out.returncode == 0:
-        return out.stdout.strip()
-    return "" if "Invalid job id" in out.stderr else None
+    if out.returncode:
+        return QueueEntry("") if "Invalid job id" in out.stderr else None
+    if not out.stdout.strip():
+        return QueueEntry("")
+    state, reason, partition = [*out.stdout.strip().splitlines()[0].split("|"), "", ""][:3]
+    return QueueEntry(state, "" if reason == "None" else reason, partition)
+
+
+# Pending reasons that waiting cannot clear: the job asks for what its partition, account or QOS never allows
+# (https://slurm.schedmd.com/job_reason_codes.html); the launcher setting that asked for it, and what it means.
+HOPELESS = {
+    "PartitionNodeLimit": ("nodes", "more nodes than partition {partition} has"),  # checked: it also means nodes down
+    "PartitionTimeLimit": ("time_min", "more time than partition {partition} allows"),
+    "MaxMemPerLimit": ("mem_gb", "more memory than partition {partition} allows"),
+    "InvalidAccount": ("account", "an account that does not exist"),
+    "AccountNotAllowed": ("account", "an account that partition {partition} does not allow"),
+    "InvalidQOS": ("qos", "a QOS that does not exist"),
+    "QOSNotAllowed": ("qos", "a QOS that the partition or account does not allow"),
+    "BadConstraints": ("constraint", "node features that no node has"),
+}
+# QOSMaxWallDurationPerJobLimit, AssocMaxNodePerJobLimit, QOSMinCpuNotSatisfied...: one job's request beyond a
+# QOS or association limit (not MaxJobs*/PerUser ones, which clear as other jobs end).
+PER_JOB_LIMIT = re.compile(r"^(QOS|Assoc)(Max|Min)(?P<what>[A-Za-z]+?)(PerJob|PerNode|NotSatisfied)")
+PER_JOB_KEYS = {"Node": "nodes", "Wall": "time_min", "Cpu": "cpus_per_task", "Mem": "mem_gb", "GRES": "gpus_per_node"}
+
+
+def hopeless(entry: QueueEntry, verb: str, launcher: LauncherParams) -> str | None:
+    """What makes a pending job unable ever to start as asked, and the setting to change; None: waiting may do."""
+    if entry.reason in HOPELESS:
+        key, meaning = HOPELESS[entry.reason]
+        meaning = meaning.format(partition=entry.partition or "its partition")
+    elif m := PER_JOB_LIMIT.match(entry.reason):
+        key = next((k for part, k in PER_JOB_KEYS.items() if m["what"].startswith(part)), "qos")
+        meaning = "more than a per-job limit of its QOS or association allows"
+    else:
+        return None
+    asked = launcher.resources(verb)
+    if entry.reason == "PartitionNodeLimit":
+        size = partition_nodes(entry.partition)
+        if size is None or asked.nodes <= size:
+            return None  # the partition's nodes are down or drained: that can clear
+        meaning = f"{asked.nodes} nodes, where partition {entry.partition} has {size}"
+    where = f"launcher.stages.{verb}.{key}" if verb in launcher.stages else f"launcher.slurm.{key}"
+    return f"it asks for {meaning}; set {where} (now {getattr(asked, key)})"
+
+
+def partition_nodes(partition: str) -> int | None:
+    """The most nodes a job of `partition` can have (its node count, or MaxNodes if lower); None if unknown."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "partition", "-o", partition], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    fields = dict(item.split("=", 1) for item in out.stdout.split() if "=" in item)
+    counts = [int(fields[k]) for k in ("TotalNodes", "MaxNodes") if fields.get(k, "").isdigit()]
+    return min(counts) if out.returncode == 0 and counts else None
 
 
 class _Tail:
@@ -190,11 +256,14 @@ class _Tail:
             self.out.flush()
 
 
-def follow(verb: str, job: submitit.Job) -> str | None:
-    """Stream task 0's logs until every task has left a result (None) or the job has ended without."""
+def follow(verb: str, job: submitit.Job, launcher: LauncherParams) -> str | None:
+    """Stream task 0's logs until every task has left a result (None) or the job has ended without; say the job's
+    state and SLURM's reason as they change, and again every PENDING_NOTE_S while it waits. A job that cannot
+    ever start as asked is cancelled: a UserError naming the setting."""
     tails = [_Tail(job.paths.stdout, sys.stdout), _Tail(job.paths.stderr, sys.stderr)]
     results = [job.task(i).paths.result_pickle for i in range(job.num_tasks)]
-    state, ended_at, poll_s, next_poll = "PENDING", None, 1.0, 0.0
+    entry, shown, shown_at = QueueEntry("PENDING"), None, 0.0
+    start, ended_at, poll_s, next_poll = time.monotonic(), None, 1.0, 0.0
     while True:
         for tail in tails:
             tail.pump()
@@ -202,16 +271,26 @@ def follow(verb: str, job: submitit.Job) -> str | None:
             return None  # the tasks' output came before their results: it is all copied
         now = time.monotonic()
         if now >= next_poll:
-            new = queue_state(job.job_id)
-            if new is not None and new != state:
-                state = new
-                print(f"nepa {verb}: SLURM job {job.job_id} {state or 'gone from the queue'}", file=sys.stderr)
-            if state in ACTIVE_STATES:
+            entry = queue_entry(job.job_id) or entry
+            waiting = entry.state == "PENDING"
+            if (entry.state, entry.reason) != shown or (waiting and now - shown_at >= PENDING_NOTE_S):
+                again = "still " if (entry.state, entry.reason) == shown else ""
+                since = f" after {(now - start) / 60:.0f} min" if again else ""
+                why = f" ({entry.reason})" if entry.reason else ""
+                print(
+                    f"nepa {verb}: SLURM job {job.job_id} {again}{entry.state or 'gone from the queue'}{why}{since}",
+                    file=sys.stderr,
+                )
+                shown, shown_at = (entry.state, entry.reason), now
+            if waiting and (why_not := hopeless(entry, verb, launcher)):
+                job.cancel(check=False)
+                raise UserError(f"SLURM job {job.job_id} cannot start ({entry.reason}): {why_not}; cancelled it")
+            if entry.state in ACTIVE_STATES:
                 ended_at = None
             elif ended_at is None:
                 ended_at = now
             elif now - ended_at >= RESULT_GRACE_S:
-                return state or "gone from the queue"
+                return entry.state or "gone from the queue"
             poll_s = min(poll_s * 2, MAX_POLL_S)
             next_poll = now + (1 if ended_at else poll_s)
         time.sleep(1)
@@ -237,7 +316,7 @@ def run_on_cluster(verb: str, argv: list[str], params: Params) -> int:
     )
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # Snakemake cancels with SIGTERM
     try:
-        ended = follow(verb, job)
+        ended = follow(verb, job, params.launcher)
     except KeyboardInterrupt:
         job.cancel(check=False)  # the stage must not run on, unwatched, beside a rerun of the workflow
         print(f"nepa {verb}: interrupted; cancelled SLURM job {job.job_id}; log: {log}", file=sys.stderr)

@@ -139,6 +139,44 @@ def test_stage_resources_reach_the_job_script_two_nodes_of_eight_gpus(
     assert (other["nodes"], other["ntasks_per_node"], other["gpus_per_node"], other["time"]) == (1, 1, None, 240)
 
 
+@pytest.mark.parametrize(
+    ("reason", "hint"),
+    [
+        (
+            "PartitionTimeLimit",
+            "it asks for more time than partition gpu allows; set launcher.stages.pretrain.time_min",
+        ),
+        ("InvalidAccount", "it asks for an account that does not exist; set launcher.stages.pretrain.account"),
+        ("QOSMaxWallDurationPerJobLimit", "set launcher.stages.pretrain.time_min (now 60)"),
+        ("AssocMaxNodePerJobLimit", "set launcher.stages.pretrain.nodes (now 2)"),
+        ("QOSMaxGRESPerJob", "set launcher.stages.pretrain.gpus_per_node (now 0)"),
+        ("BadConstraints", "it asks for node features that no node has; set launcher.stages.pretrain.constraint"),
+        # waiting clears these: resources in use, other jobs first, the user's or group's running totals
+        ("Resources", None),
+        ("Priority", None),
+        ("QOSMaxJobsPerUserLimit", None),
+        ("AssocGrpGRES", None),
+        ("ReqNodeNotAvail", None),
+    ],
+)
+def test_pending_reasons_that_waiting_cannot_clear(reason: str, hint: str | None) -> None:
+    launcher = load_params(overrides=("launcher.stages.pretrain.nodes=2",)).launcher
+    found = launch.hopeless(launch.QueueEntry("PENDING", reason, "gpu"), "pretrain", launcher)
+    assert found == hint if hint is None else hint in found, found
+
+
+def test_a_partition_node_limit_is_hopeless_only_beyond_the_partitions_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SLURM also says PartitionNodeLimit while enough of the partition's nodes are down: that can clear."""
+    launcher = load_params(overrides=("launcher.slurm.nodes=2",)).launcher
+    entry = launch.QueueEntry("PENDING", "PartitionNodeLimit", "gpu")
+    monkeypatch.setattr(launch, "partition_nodes", lambda partition: 4)
+    assert launch.hopeless(entry, "export", launcher) is None
+    monkeypatch.setattr(launch, "partition_nodes", lambda partition: 1)
+    assert launch.hopeless(entry, "export", launcher) == (
+        "it asks for 2 nodes, where partition gpu has 1; set launcher.slurm.nodes (now 2)"
+    )
+
+
 # ---- on the local cluster ---------------------------------------------------------------------
 
 
@@ -202,6 +240,41 @@ def test_stopping_the_waiting_verb_cancels_its_job(slurm, workdir: Path) -> None
     assert log.read_text().rstrip().splitlines()[-1] == (
         f"nepa prepare: interrupted; cancelled SLURM job {job_id}; log: {stderr_log}"
     )
+    wait_for(lambda: slurm.job_state(job_id) == "CANCELLED", 60, "cancelled job")
+
+
+@pytest.mark.slow
+def test_a_job_that_cannot_start_is_cancelled_naming_the_setting(slurm, workdir: Path) -> None:
+    """Two nodes asked of the one-node cluster: SLURM keeps the job pending (PartitionNodeLimit) forever; the
+    verb says so, cancels it and stops with the setting to change."""
+    out = nepa("prepare", "embedded", *SUBMITIT, *TINY_DATA, "--set", "launcher.slurm.nodes=2", timeout=120)
+    assert out.returncode == 2, out.stderr
+    job_id, _, _ = submitted(out.stderr)
+    assert f"nepa prepare: SLURM job {job_id} PENDING (PartitionNodeLimit)\n" in out.stderr
+    assert out.stderr.rstrip().splitlines()[-1] == (
+        f"nepa prepare: error: SLURM job {job_id} cannot start (PartitionNodeLimit): it asks for 2 nodes, where "
+        "partition debug has 1; set launcher.slurm.nodes (now 2); cancelled it"
+    )
+    wait_for(lambda: slurm.job_state(job_id) == "CANCELLED", 60, "cancelled job")
+
+
+@pytest.mark.slow
+def test_a_waiting_job_says_why(slurm, workdir: Path) -> None:
+    """A job that may start later (here: not before its begin time) is followed, with SLURM's reason shown."""
+    log = workdir / "outer.err"
+    later = ["--set", "launcher.slurm.extra_sbatch={begin: now+3600}"]
+    with log.open("w") as err:
+        outer = subprocess.Popen(
+            [sys.executable, "-m", "nepa.cli", "prepare", "embedded", *SUBMITIT, *later], stderr=err
+        )
+    try:
+        wait_for(lambda: "PENDING (BeginTime)" in log.read_text(), 60, "the reason")
+        assert outer.poll() is None  # still waiting for it
+        outer.terminate()
+        assert outer.wait(timeout=60) == 130
+    finally:
+        outer.kill()
+    job_id, _, _ = submitted(log.read_text())
     wait_for(lambda: slurm.job_state(job_id) == "CANCELLED", 60, "cancelled job")
 
 

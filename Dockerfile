@@ -24,6 +24,7 @@ COPY nepa/ nepa/
 RUN bash envs/install.sh "--${VARIANT}"
 
 FROM ${BASE}
+ARG VARIANT=cuda
 ARG VERSION=0.1.0
 ARG GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="nepa" \
@@ -40,6 +41,14 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 dataset-fashion-mnist git \
        ca-certificates \
     && rm -rf /var/lib/apt/lists/*
+# The CUDA variant: rdma-core's user-space InfiniBand libraries (libibverbs and its providers, mlx5 among them),
+# which NCCL loads for its IB transport between nodes; without them NCCL falls back to TCP sockets. The node's
+# kernel drivers and /dev/infiniband stay the host's (docs/slurm.md, "Containers on the cluster").
+RUN if [ "${VARIANT}" = cuda ]; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libibverbs1 ibverbs-providers \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 COPY --from=build /opt/nepa /opt/nepa
 WORKDIR /work
 # Any uid works (`docker run -u "$(id -u):$(id -g)"`); this one is only the default, no account is needed.

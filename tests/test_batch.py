@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from paper_doc import doc_tables
 
 from nepa.batch import BatchError, split_batch, stage_batch
 from nepa.cli import main as nepa_main
@@ -14,6 +15,7 @@ from nepa.config import load_params
 from nepa.estimate import plan_of
 from nepa.plan import audit
 
+ROOT = Path(__file__).resolve().parents[1]
 FULL = "scale: full\nsizes: [base, large]\nmodel: {size: base}\ndata: {imagenet_src: /in1k, ade20k_src: /ade}\n"
 PAPER_BATCHES = {"pretrain": {4096, 2048}, "finetune": {1024}, "segment": {16}}
 
@@ -149,3 +151,21 @@ def test_nepa_plan_shows_the_derivation(tmp_path: Path, capsys) -> None:
     assert "2048 = 16 (<= 128) x 128 proc. x 1 acc." in line
     assert nepa_main(["plan", "--params", str(path), "--set", "pretrain.micro_batch=64"]) == 0
     assert "4096 = 64 (pinned) x 8 proc. x 8 acc." in capsys.readouterr().out
+
+
+def test_the_guides_batch_table_is_the_rule(tmp_path: Path) -> None:
+    """docs/slurm.md's table of splits per node count is what the plan runs."""
+    rows = doc_tables((ROOT / "docs/slurm.md").read_text())["Batches on any shape"]
+    columns = {"4096 (Tables 2, 3, 6)": ("pretrain", "nepa"), "2048 (Table 1)": ("pretrain", "no_causal"),
+               "fine-tuning 1024 on the same": ("finetune", "nepa")}  # fmt: skip
+    for row in rows:
+        nodes = int(row["pretraining on"].split()[0])
+        plan = shape(tmp_path, nodes, 8, ("pretrain", "finetune"))
+        for column, (stage, variant) in columns.items():
+            job = next(j for j in plan.jobs if (j.stage, j.size, j.variant) == (stage, "base", variant))
+            p = plan.params_of(job)
+            split = stage_batch(p, stage, p.launcher.tasks(stage))
+            shown = f"{split.micro_batch} × {split.processes}" + (
+                f" × {split.accumulation} acc." if split.accumulation > 1 else " × 1"
+            )
+            assert row[column] == shown, (nodes, column)

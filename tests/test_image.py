@@ -11,12 +11,14 @@ sandbox refuses (podman's runtime). Needs root, debootstrap and buildah (envs/in
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -201,3 +203,24 @@ def test_a_work_folder_the_uid_cannot_write_is_one_line(docker_run, tmp_path: Pa
     done = docker_run(work, OTHER_UID, "nepa", "prepare", "embedded")
     assert done.returncode == 2, done.stderr[-4000:]
     assert len(done.stderr.strip().splitlines()) == 1 and "data: Permission denied" in done.stderr, done.stderr
+
+
+def test_the_apptainer_definition_builds_from_this_images_archive(image: str, docker_run, tmp_path: Path) -> None:
+    """envs/apptainer.def bootstraps from a docker archive of this image (as `docker save` writes it): the archive
+    its `From:` names, saved by buildah, carries the image's environment, and its `%test` lines pass in the image
+    as a uid without an account. Apptainer itself cannot be installed here: its build of the SIF is not run."""
+    definition = (ROOT / "envs/apptainer.def").read_text()
+    header = dict(re.findall(r"^(Bootstrap|From):\s*(\S+)$", definition, re.M))
+    assert header["Bootstrap"] == "docker-archive" and header["From"].endswith(".tar")
+    archive = tmp_path / header["From"]
+    checked(["buildah", "push", image, f"docker-archive:{archive}:nepa:cuda"], timeout=600)
+    with tarfile.open(archive) as tar:
+        (manifest,) = json.load(tar.extractfile("manifest.json"))
+        config = json.load(tar.extractfile(manifest["Config"]))
+    assert manifest["RepoTags"] == ["nepa:cuda"] or manifest["RepoTags"] == ["localhost/nepa:cuda"]
+    assert any(v.startswith("PATH=/opt/nepa/bin:") for v in config["config"]["Env"]), config["config"]["Env"]
+    work = work_folder(tmp_path / "work", OTHER_UID)
+    tests = re.search(r"^%test\n((?:[ \t]+\S.*\n)+)", definition, re.M)[1].splitlines()
+    for line in tests:
+        done = docker_run(work, OTHER_UID, "sh", "-c", line.strip())
+        assert done.returncode == 0, f"{line.strip()}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"

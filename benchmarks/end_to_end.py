@@ -1,6 +1,6 @@
 """End-to-end pretraining throughput with the real data path vs the model alone on synthetic tensors.
 
-    python benchmarks/end_to_end.py                           # GPU: nepa-B, batch 128, ImageNet-like temp shards
+    python benchmarks/end_to_end.py                           # GPU: nepa-base, batch 128, ImageNet-like temp shards
     python benchmarks/end_to_end.py --split data/shards/imagenet/train --workers 10
     python benchmarks/end_to_end.py --device cpu              # CPU: nepa-tiny at 32 px, batch 32 (harness check)
 
@@ -33,8 +33,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from harness import RESULTS, build, emit, engine_defaults, engine_parts, record, run_trial, write_result
+from harness import RESULTS, build, emit, engine_defaults, engine_parts, record, run_trial
 from PIL import Image
+
+from nepa import measurements
 
 SCRIPT = Path(__file__).resolve()
 MIN_RATIO = 0.9
@@ -125,7 +127,7 @@ def trial(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="nepa-{tiny,B,L}[-swiglu] (default: GPU nepa-B, CPU nepa-tiny)")
+    parser.add_argument("--model", help="nepa-SIZE[-swiglu] (default: GPU nepa-base, CPU nepa-tiny)")
     parser.add_argument("--batch", type=int, help="micro-batch (default: GPU 128, CPU 32)")
     parser.add_argument("--split", type=Path, help="a prepared split folder (default: a temporary one, see above)")
     parser.add_argument("--images", type=int, help="images in the temporary split (default: enough for one epoch)")
@@ -138,7 +140,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--trial", choices=["end_to_end", "model_only", "loader_only"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device, env = engine_defaults(parser, args, gpu_model="nepa-B", gpu_batch=128)
+    device, env = engine_defaults(parser, args, gpu_model="nepa-base", gpu_batch=128)
     gpu = device.type == "cuda"
     args.row_steps = args.row_steps or (10 if gpu else 2)
     cores = len(os.sched_getaffinity(0))
@@ -200,7 +202,7 @@ def main() -> None:
         scope = "" if gpu else " (informative only: the target is for the GPU run)"
         result["targets"] = [f"end to end / model only = {ratio:.3f}: {verdict} the >= {MIN_RATIO} target{scope}"]
         print(result["targets"][0])
-    path = write_result(result, rows, args.out)
+    path = measurements.write(result, rows, args.out)
     print(f"wrote {path} and {path.with_suffix('.csv').name}")
 
 

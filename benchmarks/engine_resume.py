@@ -30,9 +30,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-from harness import RESULTS, record, resolve_device, write_result
+from harness import RESULTS, record, resolve_device
 from safetensors.torch import load_file
 
+from nepa import measurements
 from nepa.engine.signals import EXIT_REQUEUE
 
 
@@ -159,7 +160,7 @@ def main() -> None:
             "steps_logged_once": bool(losses.index.is_unique and len(losses) == len(losses_ref)),
         }
         print(f"resumed vs reference: {result['comparison']}", flush=True)
-    path = write_result(result, rows, args.out)
+    path = measurements.write(result, rows, args.out)
     print(f"wrote {path} and {path.with_suffix('.csv').name}")
 
 

@@ -61,11 +61,11 @@ if [ $SMOKE = 1 ]; then
     STARTS=(--starts nepa-tiny --start-scopes blocks)
 else
     DEV=(--device cuda)
-    B=(nepa-B nepa-B-swiglu timm-B); L=(nepa-L nepa-L-swiglu timm-L); BATCHES=(128 256); LBATCH=128
+    B=(nepa-base nepa-base-swiglu timm-base); L=(nepa-large nepa-large-swiglu timm-large); BATCHES=(128 256); LBATCH=128
     STEP=()
     IMAGES=2000; ENGINE=(--size base --steps 50 --checkpoint-every 25 --signal-at 35 --micro-batch 128)
-    E2E=(--model nepa-B-swiglu --batch 128 --row-steps 10 --rows 3 --workers 15); ZERO=(--model nepa-L --batch 32 --steps 2)
-    STARTS=(--starts nepa-B --start-scopes blocks)
+    E2E=(--model nepa-base-swiglu --batch 128 --row-steps 10 --rows 3 --workers 15); ZERO=(--model nepa-large --batch 32 --steps 2)
+    STARTS=(--starts nepa-base --start-scopes blocks)
 fi
 
 declare -a DONE=()

@@ -1,21 +1,25 @@
-"""What the benchmarks share: the models under test (NEPA and timm's standard ViT peer), the training step, the
-device and version record, analytic FLOPs and peak tables, and the result files.
+"""What the benchmarks share: the models under test (NEPA and timm's standard ViT peer) at the package's sizes,
+the engine's training step, the device and version record, the GPU peak table, and the result files (written in
+the one layout `nepa estimate` reads: nepa/measurements.py).
 
-Model names: `{nepa,timm}-{tiny,B,L}`, NEPA optionally `-swiglu`.
-    nepa-B         NEPA ViT-B/14 at 224 as pretrained: causal, 2D RoPE (+ its training-time coordinate rescale),
-                   QK-Norm, LayerScale; GeLU 4x MLP (the official code's, and the peer's: the two then differ
-                   only in what NEPA adds); the real loss (nepa.objectives.pretrain_loss)
-    nepa-B-swiglu  the same with the paper's SwiGLU MLP (hidden 2048: the GeLU MLP's parameter count)
-    timm-B         timm's VisionTransformer of the same size: patch 14, 224 px, class token, learned position
-                   embedding, fused attention, bidirectional, no RoPE, no QK-Norm, no LayerScale; trained with the
-                   same cosine loss on its own output tokens (the loss is a negligible part of the step)
-    L: ViT-L/14 (1024 wide, 24 deep, 16 heads); tiny: nepa_tiny_patch4_32 (32 px, patch 4, 192 wide, 6 deep).
+Model names: `{nepa,timm}-{size}`, NEPA optionally `-swiglu`, the size one of nepa.config.SIZES (tiny, small,
+base, large).
+    nepa-base         NEPA ViT-B/14 at 224 as pretrained: causal, 2D RoPE (+ its training-time coordinate
+                      rescale), QK-Norm, LayerScale; GeLU 4x MLP (the official code's, and the peer's: the two then
+                      differ only in what NEPA adds); the real loss (nepa.objectives.pretrain_loss)
+    nepa-base-swiglu  the same with the paper's SwiGLU MLP (the GeLU MLP's parameter count)
+    timm-base         timm's VisionTransformer of the same size: patch 14, 224 px, class token, learned position
+                      embedding, fused attention, bidirectional, no RoPE, no QK-Norm, no LayerScale; trained with
+                      the same cosine loss on its own output tokens (the loss is a negligible part of the step)
+    large: ViT-L/14; small: ViT-S/14; tiny: nepa_tiny_patch4_32 (32 px, patch 4).
+A step is the engine's own (nepa.engine.trainer.Trainer: DeepSpeed ZeRO, AdamW, clipping, autocast, the EMA),
+with the pretraining preset's optimizer settings (nepa.presets.PRETRAIN_COMMON).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import datetime
 import json
 import os
@@ -35,11 +39,10 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from nepa import models
-from nepa.config import ModelParams
-from nepa.engine.host_memory import keep_freed_memory
-from nepa.engine.optim import param_groups
-from nepa.estimate import training_flops
+from nepa.config import SIZES, ModelParams
+from nepa.cost import training_flops
 from nepa.objectives import Objective, next_embedding_loss, pretrain_loss
+from nepa.presets import PRETRAIN_COMMON
 from nepa.provenance import git_commit
 
 if TYPE_CHECKING:
@@ -47,7 +50,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "benchmarks"
-SIZES = {"tiny": "tiny", "S": "small", "B": "base", "L": "large"}
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, no sparsity), by device-name fragment, most
 # specific first. A GPU not listed gets no MFU (achieved TFLOP/s is still reported).
@@ -157,20 +159,6 @@ def record(benchmark: str, device: torch.device, settings: dict[str, Any]) -> di
     }
 
 
-def write_result(result: dict[str, Any], rows: list[dict[str, Any]], out: Path) -> Path:
-    """{out}/{benchmark}_{device type}_{UTC stamp}.json (everything) and .csv (the rows); returns the JSON path."""
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = result["date"].replace(":", "").replace("-", "").replace("+0000", "Z")
-    path = out / f"{result['benchmark']}_{result['device']['type']}_{stamp}.json"
-    path.write_text(json.dumps({**result, "results": rows}, indent=1) + "\n")
-    fields = list(dict.fromkeys(k for row in rows for k in row if not isinstance(row[k], dict | list)))
-    with path.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 # ---- the models under test -------------------------------------------------------------------------------
 
 
@@ -210,8 +198,8 @@ def engine_parts(
     **config: Any,
 ) -> tuple[Task, TrainConfig]:
     """What `Trainer` takes to train `subject` on `batches` (images, labels) for `steps` steps of `batch` images, as
-    pretraining does (its loss, AdamW betas (0.9, 0.95), weight decay 0.05, clip 1.0, EMA 0.9999), writing no
-    checkpoint; `config` overrides TrainConfig's fields."""
+    full-scale pretraining does (its loss; AdamW, clipping and EMA of the preset), writing no checkpoint; `config`
+    overrides TrainConfig's fields."""
     from nepa.engine.trainer import Task, TrainConfig  # only the engine benchmarks import the engine
 
     task = Task(
@@ -220,17 +208,15 @@ def engine_parts(
         batches=batches,
         batches_per_epoch=batches_per_epoch,
     )
+    recipe = {key: PRETRAIN_COMMON[key] for key in ("base_lr", "weight_decay", "grad_clip", "ema_decay")}
     settings: dict[str, Any] = dict(
         folder=Path(folder),
         epochs=1,
         warmup_epochs=0,
         global_batch=batch,
         micro_batch=batch,
-        base_lr=3e-4,
-        betas=(0.9, 0.95),
-        weight_decay=0.05,
-        grad_clip=1.0,
-        ema_decay=0.9999,
+        betas=tuple(PRETRAIN_COMMON["betas"]),
+        **recipe,
         checkpoint_every=10**9,
         keep_last=1,
         log_every=10**9,
@@ -242,7 +228,7 @@ def engine_parts(
 
 
 def parse_name(name: str) -> tuple[str, str, str]:
-    """'nepa-B-swiglu' -> ('nepa', 'base', 'swiglu')."""
+    """'nepa-base-swiglu' -> ('nepa', 'base', 'swiglu'): the family, a size of nepa.config.SIZES, the MLP."""
     family, _, rest = name.partition("-")
     size, _, mlp = rest.partition("-")
     if (
@@ -251,8 +237,15 @@ def parse_name(name: str) -> tuple[str, str, str]:
         or mlp not in ("", "swiglu")
         or (family, mlp) == ("timm", "swiglu")
     ):
-        raise ValueError(f"unknown model {name!r}: expected nepa-{{tiny,S,B,L}}[-swiglu] or timm-{{tiny,S,B,L}}")
-    return family, SIZES[size], mlp or "gelu"
+        sizes = ",".join(SIZES)
+        raise ValueError(f"unknown model {name!r}: expected nepa-{{{sizes}}}[-swiglu] or timm-{{{sizes}}}")
+    return family, size, mlp or "gelu"
+
+
+def identity(name: str) -> dict[str, str]:
+    """The fields a result row names its model by (what `nepa estimate` selects on)."""
+    family, size, mlp = parse_name(name)
+    return {"model": name, "family": family, "size": size, "mlp": mlp}
 
 
 ARCH_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "mlp_hidden_dim", "mlp_gated", "causal")
@@ -295,47 +288,39 @@ def fused_attention(subject: Subject) -> bool:
 # ---- the training step -----------------------------------------------------------------------------------
 
 
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def make_optimizer(model: nn.Module, device: torch.device, adamw: str = "auto") -> torch.optim.Optimizer:
-    """The pretraining optimizer: AdamW, betas (0.9, 0.95), weight decay on matrices. adamw: auto (fused on CUDA,
-    as the engine; torch's default elsewhere), fused, or foreach (torch's default on CUDA before the engine fused)."""
-    fused = {"auto": device.type == "cuda", "fused": True, "foreach": False}[adamw]
-    extra = {"fused": True} if fused else {"foreach": True} if adamw == "foreach" else {}
-    return torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), **extra)
-
-
-def make_step(
-    subject: Subject, device: torch.device, precision: str, compile_scope: str | None, adamw: str = "auto"
+def engine_step(
+    subject: Subject, device: torch.device, precision: str, compile_scope: str | None, batch: int, folder: str
 ) -> Callable[[Tensor], Tensor]:
-    """One optimizer step on a batch: forward (bf16 autocast over fp32 weights, as the engine), backward, gradient
-    clipping at 1.0, AdamW. compile_scope: None (eager), "blocks" (each transformer block through torch.compile:
-    regional compilation, one graph reused by every block) or "model" (the forward and loss in one graph; the
-    backward is compiled with them). The optimizer stays eager. Returns the loss (on the device: the step never
-    waits for the host)."""
-    if device.type == "cpu":
-        keep_freed_memory()  # as every training process of the engine on CPU (nepa.engine.distributed.init)
-    model = subject.model.to(device).train()
-    optimizer = make_optimizer(model, device, adamw)
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The engine's training step on `subject` (nepa.engine.trainer.Trainer, built with engine_parts: DeepSpeed
+    ZeRO-2 with the engine's AdamW (fused on CUDA), clipping, autocast in `precision` over fp32 weights), one
+    micro-batch of `batch` images per optimizer step, then the EMA update, as the engine's loop calls them.
+    compile_scope: None (eager), "blocks" (each transformer block through torch.compile: regional compilation, one
+    graph reused by every block) or "model" (the loss's forward in one graph; backward compiled with it). Returns
+    images -> loss (on the device: the step never waits for the host); `folder` holds the engine's (empty)
+    checkpoint folder."""
+    from nepa.engine import distributed
+    from nepa.engine.distributed import DistEnv
+    from nepa.engine.trainer import Trainer
+
+    env = DistEnv()
+    distributed.init(env)  # a group of one; on CPU also the engine's allocator setting
+    subject.model.to(device)
     if compile_scope == "blocks":
-        for block in model.blocks:
+        for block in subject.model.blocks:
             block.compile()
-
-    def forward(images: Tensor) -> Tensor:
-        with autocast(device, precision):
-            return subject.loss(model, images)
-
-    forward_fn = torch.compile(forward) if compile_scope == "model" else forward
+    if compile_scope == "model":
+        subject = dataclasses.replace(subject, loss=torch.compile(subject.loss))
+    never = lambda epoch, start: iter(())  # noqa: E731 (the harness hands the step its batches itself)
+    task, cfg = engine_parts(subject, never, 10**6, folder, batch, 10**9, 2, precision=precision, name=subject.name)
+    trainer = Trainer(cfg, task, env, device)
+    labels = torch.zeros(batch, dtype=torch.long, device=device)
 
     def step(images: Tensor) -> Tensor:
-        loss = forward_fn(images)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = trainer.engine((images, labels))
+        trainer.engine.backward(loss)
+        trainer.engine.step()
+        if trainer.ema is not None:
+            trainer.ema.update()
         return loss.detach()
 
     return step

@@ -1,19 +1,20 @@
 """Pretraining step throughput and MFU: NEPA ViT vs timm's standard ViT of the same size, eager vs torch.compile.
 
-    python benchmarks/step_throughput.py                       # GPU: B and L (GeLU and SwiGLU), batch 128 256
-    python benchmarks/step_throughput.py --models nepa-B timm-B --batch 128 --compile off --steps 30
-    python benchmarks/step_throughput.py --device cpu          # CPU: nepa-S vs timm-S, fp32, batch 8, eager
+    python benchmarks/step_throughput.py                       # GPU: base and large (GeLU, SwiGLU), batch 128 256
+    python benchmarks/step_throughput.py --models nepa-base timm-base --batch 128 --compile off --steps 30
+    python benchmarks/step_throughput.py --device cpu          # CPU: nepa-small vs timm-small, fp32, batch 8, eager
     python benchmarks/step_throughput.py --device cpu --starts nepa-tiny    # + compile time, cold and warm cache
 
-A step = forward + loss + backward + clip + AdamW on synthetic images already on the device (benchmarks/harness.py
-says what each model is). Side by side: for each batch size and compile mode every model is built and warmed up
+A step is the engine's own (benchmarks/harness.py engine_step: forward + loss + backward + clipping + AdamW under
+DeepSpeed ZeRO-2, then the EMA update) on synthetic images already on the device (harness.py says what each model
+is). Side by side: for each batch size and compile mode every model is built and warmed up
 (--warmup steps; compilation happens in the first, its time is `first_step_s`), then --rounds rounds run
 --steps steps of each model in turn (the order rotating per round), the device synchronised around each model's
 steps only. images/s = batch x steps / the median round time; a NEPA model's ratio to its timm peer is the median
 of the per-round ratios (each from the same round, so under the same machine load), with their range; on CPU the
 rounds are also timed in process CPU time (images_per_cpu_s), which other jobs on a shared machine do not inflate,
 and the ratios use it. FLOPs are
-analytic (nepa.estimate.forward_flops: matmuls, attention included, causal attention at its T(T+1)/2 scores;
+analytic (nepa.cost.forward_flops: matmuls, attention included, causal attention at its T(T+1)/2 scores;
 training = 3x forward); MFU = achieved / the GPU's dense bf16 peak (harness.PEAK_BF16_TFLOPS); on CPU, or in fp32,
 MFU is n/a and GFLOP/s is reported. Also records which SDPA kernel the attention dispatches to (profiler), and on
 CUDA the backends' switches and whether the causal NEPA step runs with only the flash backend allowed.
@@ -23,8 +24,9 @@ so compiling costs about one block's time), `model` the whole forward and loss. 
 compiled step (per --start-scopes) in two fresh processes sharing a new inductor cache folder: the cold start,
 then the warm one (torch's on-disk FX graph and AOTAutograd caches; TORCHINDUCTOR_CACHE_DIR keeps them).
 
-Writes results/benchmarks/step_throughput_{cuda|cpu}_{stamp}.json and .csv (--out to change); `nepa estimate`
-reads the newest GPU one. Targets (benchmarks/README.md) are checked and printed here, never in tests.
+Writes results/benchmarks/step_throughput_{cuda|cpu}_{stamp}.json and .csv (--out to change; the layout of
+nepa/measurements.py); `nepa estimate` reads the newest GPU one, by its content. Targets (benchmarks/README.md)
+are checked and printed here, never in tests.
 """
 
 from __future__ import annotations
@@ -45,20 +47,22 @@ from harness import (
     build,
     cuda_sdpa_flags,
     emit,
+    engine_step,
     forced_backend,
     fused_attention,
-    make_step,
+    identity,
     parse_name,
     record,
     resolve_device,
     run_trial,
     synchronize,
-    write_result,
 )
 
+from nepa import measurements
+
 SCRIPT = Path(__file__).resolve()
-GPU_MODELS = ["nepa-B", "nepa-B-swiglu", "timm-B", "nepa-L", "nepa-L-swiglu", "timm-L"]
-CPU_MODELS = ["nepa-S", "timm-S"]
+GPU_MODELS = ["nepa-base", "nepa-base-swiglu", "timm-base", "nepa-large", "nepa-large-swiglu", "timm-large"]
+CPU_MODELS = ["nepa-small", "timm-small"]
 MIN_NEPA_VS_TIMM_GPU = 0.9  # bf16 on a GPU: NEPA's RoPE, QK-Norm and LayerScale may cost at most 10%
 MIN_NEPA_VS_TIMM_CPU = 0.95  # fp32 eager on CPU: at most 5%
 MIN_MFU_B = 0.40
@@ -77,7 +81,7 @@ def measure_side_by_side(
     warmup: int,
     steps: int,
     rounds: int,
-    adamw: str,
+    folder: str,
 ) -> dict[str, dict[str, Any]]:
     """Each subject's row: warm-up (first step timed), then `rounds` interleaved rounds of `steps` steps.
 
@@ -85,7 +89,8 @@ def measure_side_by_side(
     machine do not inflate: the CPU ratios to the peer are taken on it (`vs_peer.clock`)."""
     stepping, rows = {}, {}
     for subject in subjects:
-        stepping[subject.name] = step = make_step(subject, device, precision, compile_scope, adamw)
+        engine_folder = tempfile.mkdtemp(dir=folder)
+        stepping[subject.name] = step = engine_step(subject, device, precision, compile_scope, batch, engine_folder)
         images = torch.randn(batch, 3, subject.img_size, subject.img_size, device=device)
         start = time.perf_counter()
         step(images)  # compilation, allocator and kernel selection warm-up
@@ -142,9 +147,9 @@ def measure_side_by_side(
     return rows
 
 
-def sdpa_record(subject: Subject, device: torch.device, precision: str) -> dict[str, Any]:
+def sdpa_record(subject: Subject, device: torch.device, precision: str, folder: str) -> dict[str, Any]:
     """Which attention kernels one small step of `subject` runs (and on CUDA, whether flash alone can run it)."""
-    step = make_step(subject, device, precision, None)
+    step = engine_step(subject, device, precision, None, 4, folder)
     images = torch.randn(4, 3, subject.img_size, subject.img_size, device=device)
     out: dict[str, Any] = {
         "causal": getattr(getattr(subject.model, "cfg", None), "causal", False),
@@ -202,11 +207,13 @@ def compile_starts(args: argparse.Namespace, device: torch.device, precision: st
 def start_trial(args: argparse.Namespace, device: torch.device, precision: str) -> None:
     """In a fresh process: build the model, time its first compiled step (compilation included)."""
     subject = build(args.models[0])
-    step = make_step(subject, device, precision, args.compile_scope, args.adamw)
-    images = torch.randn(args.batch[0] if args.batch else 4, 3, subject.img_size, subject.img_size, device=device)
-    start = time.perf_counter()
-    step(images)
-    synchronize(device)
+    batch = args.batch[0] if args.batch else 4
+    images = torch.randn(batch, 3, subject.img_size, subject.img_size, device=device)
+    with tempfile.TemporaryDirectory() as folder:
+        step = engine_step(subject, device, precision, args.compile_scope, batch, folder)
+        start = time.perf_counter()
+        step(images)
+        synchronize(device)
     emit({"status": "ok", "first_step_s": round(time.perf_counter() - start, 2)})
 
 
@@ -231,7 +238,7 @@ def verdicts(rows: list[dict[str, Any]], device: dict[str, Any]) -> list[str]:
             f"peer's images/s ({spread}): {verdict} the >= {target} target{scope}"
         )
     for row in rows:
-        if row["status"] == "ok" and row["model"].startswith("nepa-B") and row.get("mfu") is not None:
+        if row["status"] == "ok" and (row["family"], row["size"]) == ("nepa", "base") and row.get("mfu") is not None:
             verdict = "meets" if row["mfu"] >= MIN_MFU_B else "MISSES"
             mode = "compiled" if row["compile"] else "eager"
             out.append(
@@ -252,12 +259,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps first, compilation included (default: GPU 3, CPU 2)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto", help="auto: bf16 on GPU")
-    parser.add_argument(
-        "--adamw",
-        choices=["auto", "fused", "foreach"],
-        default="auto",
-        help="AdamW (auto: fused on CUDA, as the engine; foreach: unfused)",
-    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--no-sdpa-check", action="store_true", help="skip the attention-kernel record")
     parser.add_argument("--starts", metavar="MODEL", help="also time MODEL's first compiled step, cold and warm cache")
@@ -290,7 +291,6 @@ def main() -> None:
         rounds=rounds,
         warmup=warmup,
         precision=precision,
-        adamw=args.adamw,
         input="synthetic images on the device",
         starts=args.starts,
     )
@@ -298,10 +298,11 @@ def main() -> None:
     peak = result["device"]["peak_bf16_tflops"] if precision == "bf16" else None
     print(f"step throughput on {result['device']['name']} ({precision}); {result['command']}", flush=True)
 
+    engines = tempfile.TemporaryDirectory()  # each measured engine's (empty) checkpoint folder
     if not args.no_sdpa_check:
         result["sdpa"] = {}
         for name in names:
-            result["sdpa"][name] = sdpa_record(build(name), device, precision)
+            result["sdpa"][name] = sdpa_record(build(name), device, precision, tempfile.mkdtemp(dir=engines.name))
             print(f"{name}: attention ops {result['sdpa'][name]}", flush=True)
             free(device)
 
@@ -315,7 +316,7 @@ def main() -> None:
                 subjects = [build(name) for name in group]
                 base = [
                     {
-                        "model": s.name,
+                        **identity(s.name),
                         "params_m": round(s.params_m, 2),
                         "img_size": s.img_size,
                         "batch": batch,
@@ -329,7 +330,7 @@ def main() -> None:
                 ]
                 try:
                     measured = measure_side_by_side(
-                        subjects, device, precision, batch, scope, warmup, steps, rounds, args.adamw
+                        subjects, device, precision, batch, scope, warmup, steps, rounds, engines.name
                     )
                 except torch.OutOfMemoryError:
                     measured = {s.name: {"status": "OOM"} for s in subjects}
@@ -346,10 +347,11 @@ def main() -> None:
                     print_row(row)
                 del subjects
                 free(device)
+    engines.cleanup()
     if args.starts:
         result["compile_starts"] = compile_starts(args, device, precision)
     result["targets"] = verdicts(rows, result["device"])
-    path = write_result(result, rows, args.out)
+    path = measurements.write(result, rows, args.out)
     print("\n".join(result["targets"]))
     print(f"wrote {path} and {path.with_suffix('.csv').name}")
 

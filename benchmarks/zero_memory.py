@@ -1,7 +1,7 @@
 """Peak memory per DeepSpeed ZeRO stage of NEPA pretraining on the real engine, and the largest batch that fits.
 
-    python benchmarks/zero_memory.py                          # GPU: nepa-L, ZeRO 0-3, batch 64 + search
-    python benchmarks/zero_memory.py --model nepa-B --stages 2 3 --batch 128 --no-search
+    python benchmarks/zero_memory.py                          # GPU: nepa-large, ZeRO 0-3, batch 64 + search
+    python benchmarks/zero_memory.py --model nepa-base --stages 2 3 --batch 128 --no-search
     python benchmarks/zero_memory.py --device cpu             # CPU: nepa-tiny, peak RSS per stage (harness check)
 
 Each measurement is a fresh process (one rank, world 1) that builds the engine exactly as `nepa pretrain` does
@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from harness import RESULTS, build, emit, engine_defaults, engine_parts, record, run_trial, write_result
+from harness import RESULTS, build, emit, engine_defaults, engine_parts, record, run_trial
+
+from nepa import measurements
 
 SCRIPT = Path(__file__).resolve()
 
@@ -111,7 +113,7 @@ def trial(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="nepa-{tiny,B,L}[-swiglu] (default: GPU nepa-L, CPU nepa-tiny)")
+    parser.add_argument("--model", help="nepa-SIZE[-swiglu] (default: GPU nepa-large, CPU nepa-tiny)")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3], choices=[0, 1, 2, 3])
     parser.add_argument("--batch", type=int, help="micro-batch measured at every stage (default: GPU 64, CPU 32)")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per measurement")
@@ -129,7 +131,7 @@ def main() -> None:
     parser.add_argument("--trial", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stage", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device, env = engine_defaults(parser, args, gpu_model="nepa-L", gpu_batch=64)
+    device, env = engine_defaults(parser, args, gpu_model="nepa-large", gpu_batch=64)
     gpu = device.type == "cuda"
     if args.trial:
         return trial(args)
@@ -180,7 +182,7 @@ def main() -> None:
         rows.append(row)
         shown = {k: v for k, v in row.items() if k != "search_probes"}
         print(", ".join(f"{k} {v}" for k, v in shown.items()), flush=True)
-    path = write_result(result, rows, args.out)
+    path = measurements.write(result, rows, args.out)
     print(f"wrote {path} and {path.with_suffix('.csv').name}")
 
 

@@ -15,14 +15,19 @@ all through `stage_batch`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from nepa.errors import UserError
 
-if TYPE_CHECKING:
-    from nepa.config import Params
-
 TRAINED = ("pretrain", "finetune", "segment")  # the stages whose params section has a micro_batch
+
+
+class Params(Protocol):
+    """What the rule reads of nepa.config.Params (which imports this module): the stages' sections and which of
+    their micro-batches params.yaml pins."""
+
+    @property
+    def pinned_micro_batches(self) -> frozenset[str]: ...
 
 
 class BatchError(UserError, ValueError):

@@ -10,17 +10,28 @@ ViT-B, and every ablation run gets a fine-tune and a probe.
 
 `audit` returns what is inconsistent with the paper or with itself: a schedule other than the row's, a cosine
 that does not end where the run stops, a comparison across schedules, a reused pretraining that differs from
-the fine-tune-only run's own, a GPU stage without GPUs or whose batch does not divide over them.
+the fine-tune-only run's own, a GPU stage without GPUs or whose batch does not split over them, a job longer
+than its time limit and requeues allow (with the cost model, nepa/cost.py).
+
+    nepa plan [--target all|ablations] [--gpus N] [--benchmarks DIR] [--params params.yaml] [--set k=v ...]
+
+lists every job the DAG's targets run with its schedule, batch split, GPUs, GPU-hours and the paper rows it
+fills, audits the plan and exits 2 with one line on the first inconsistency.
 """
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nepa.batch import TRAINED, BatchError, stage_batch
-from nepa.config import Params, SlurmParams
+from nepa.config import Params, SlurmParams, add_params_arguments, load_params
+from nepa.cost import Cost, gpu_measurements, stage_cost, stage_speed, time_problem
+from nepa.engine.schedule import plan as engine_schedule
+from nepa.errors import UserError
 from nepa.presets import (
     ABLATION_BATCH,
     ABLATION_STEPS,
@@ -38,6 +49,7 @@ TARGETS = ("all", "ablations")
 DOWNSTREAM = ("finetune", "probe", "segment")
 GPU_STAGES = ("pretrain", *DOWNSTREAM)
 ONE_PROCESS = ("probe",)  # runs on rank 0 only: more than one GPU would idle
+TIME_MARGIN = 1.25  # a job's SLURM time must cover its estimated wall time and a quarter (restarts, evaluation)
 # Sections a pretraining depends on: a fine-tune-only run may reuse another's pretraining only where they agree.
 PRETRAINING = ("recipe", "scale", "seed", "data", "model", "objective", "pretrain")
 
@@ -193,12 +205,10 @@ class Schedule:
 
 
 def pretrain_schedule(p: Params) -> Schedule:
-    """The pretraining schedule at full scale (ImageNet-1K train)."""
+    """The pretraining schedule at full scale: the engine's own, over ImageNet-1K train's steps per epoch."""
     s = p.pretrain
-    per_epoch = steps_per_epoch(s.global_batch)
-    total = max(1, round(s.epochs * per_epoch))
-    stop = total if s.max_steps is None else min(total, s.max_steps)
-    warmup = min(total, round(s.warmup_epochs * per_epoch))
+    steps = engine_schedule(s.epochs, s.warmup_epochs, s.max_steps, steps_per_epoch(s.global_batch), 1)
+    total, stop, warmup = steps.total_steps, steps.stop_step, steps.warmup_steps
     text = f"{s.epochs:g} ep = {total:,} steps, warm-up {warmup:,}" + (f", STOPS at {stop:,}" if stop < total else "")
     return Schedule(total, stop, warmup, s.global_batch, text)
 
@@ -351,3 +361,106 @@ def _void_comparisons(plan: Plan) -> list[str]:
                     f"same params under recipe {plan.params.recipe}: the comparison is void; run it with recipe: paper"
                 )
     return problems
+
+
+# ---- the plan's costs (nepa/cost.py) -----------------------------------------------------------------------------
+
+
+def plan_of(path: Path, overrides: tuple[str, ...], targets: tuple[str, ...]) -> Plan:
+    """The plan of `targets` for the params file at `path`, each job's params resolved once."""
+    cache: dict[tuple[str, str, int], Params] = {}
+
+    def resolve(size: str, variant: str, seed: int) -> Params:
+        if (size, variant, seed) not in cache:
+            cache[size, variant, seed] = load_params(path, (*overrides, f"variant={variant}", f"seed={seed}"), size)
+        return cache[size, variant, seed]
+
+    return build(load_params(path, overrides), resolve, targets)
+
+
+def costs_of(plan: Plan, measurements: list[dict[str, Any]], gpus_override: int | None) -> dict[Job, Cost]:
+    """Each GPU job's cost: on its stage's GPUs (or `gpus_override` for every multi-GPU one)."""
+    costs = {}
+    for job in plan.jobs:
+        if job.stage not in GPU_STAGES:
+            continue
+        p = plan.params_of(job)
+        r = p.launcher.resources(job.stage)
+        n = 1 if job.stage in ONE_PROCESS else gpus_override or gpus(p, job.stage)
+        nodes = -(-n // r.gpus_per_node) if r.gpus_per_node else 1  # --gpus: as many of the stage's nodes
+        costs[job] = stage_cost(job.stage, p, stage_speed(job.stage, p, measurements), max(n, 1), nodes)
+    return costs
+
+
+def time_problems(plan: Plan, costs: dict[Job, Cost]) -> list[str]:
+    """Jobs whose estimated wall time does not fit their SLURM time limit and its requeues (docs/slurm.md)."""
+    found = (time_problem(job.name, job.stage, plan.params_of(job), cost, TIME_MARGIN) for job, cost in costs.items())
+    return [problem for problem in found if problem]
+
+
+# ---- `nepa plan` ---------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`nepa plan`'s and `nepa estimate`'s arguments."""
+    parser.add_argument("--target", choices=TARGETS, action="append", help="a DAG target (default: all of them)")
+    parser.add_argument("--gpus", type=int, help="GPUs of every multi-GPU job (default: its launcher resources)")
+    parser.add_argument("--benchmarks", type=Path, help="measurements folder (default: {results}/benchmarks)")
+    add_params_arguments(parser)  # its own: it resolves each job's params (plan_of)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if args.gpus is not None and args.gpus < 1:
+        raise UserError("--gpus must be at least 1")
+    if args.size or args.variant:
+        raise UserError("--size and --variant: a plan covers every size and variant of its targets; use --set")
+
+
+def measurements_of(args: argparse.Namespace, p: Params) -> list[dict[str, Any]]:
+    return gpu_measurements(args.benchmarks or Path(p.results) / "benchmarks")
+
+
+def fail_on(problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""
+        raise UserError(f"plan audit failed: {problems[0]}{more}")
+
+
+def plan_table(plan: Plan, costs: dict[Job, Cost]) -> str:
+    """Every job: its targets, schedule, batch split, GPUs, GPU-hours and the paper rows it fills."""
+    rows = [("job", "targets", "schedule", "batch", "GPUs", "GPU-h", "paper rows")]
+    for job in plan.jobs:
+        p = plan.params_of(job) if job.size else None
+        cost = costs.get(job)
+        rows.append(
+            (
+                job.name,
+                ",".join(job.targets),
+                schedule_text(p, job.stage) if p else "",
+                batch_text(p, job.stage) if p else "",
+                str(cost.gpus) if cost else "-",
+                f"{cost.gpu_hours:,.0f}" if cost else "-",
+                " ".join(job.rows),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def main(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    plan = plan_of(Path(args.params), tuple(args.overrides), tuple(args.target or TARGETS))
+    p = plan.params
+    full = p.scale == "full"
+    costs = costs_of(plan, measurements_of(args, p), args.gpus) if full else {}
+    print(
+        f"nepa plan: {args.params} (scale {p.scale}, recipe {p.recipe}, sizes {', '.join(p.sizes)}); "
+        f"targets {', '.join(args.target or TARGETS)}: {len(plan.jobs)} jobs"
+    )
+    print(plan_table(plan, costs))
+    problems = audit(plan) + time_problems(plan, costs)
+    for problem in problems:
+        print(f"✗ {problem}")
+    fail_on(problems)
+    print("plan audit: consistent" + (" with the paper's tables" if full else ""))
+    return 0

@@ -40,11 +40,7 @@ VERBS: dict[str, Verb] = {
     "params": Verb("nepa.config", "print the resolved params (presets, variant and --set applied)"),
     # Reads params its own way (the full-scale recipe of each size): it takes the params arguments itself.
     "estimate": Verb("nepa.estimate", "GPU-hours and wall time of each stage of a full reproduction", params=False),
-    "plan": Verb(
-        "nepa.estimate",
-        "every job of the DAG: schedule, batch, GPUs, GPU-hours; audited",
-        params=False,
-        function="plan_main",
-    ),
+    # Reads params its own way too: every job's params, resolved per size and variant.
+    "plan": Verb("nepa.plan", "every job of the DAG: schedule, batch, GPUs, GPU-hours; audited", params=False),
 }
 STAGES = frozenset(name for name, verb in VERBS.items() if verb.stage)

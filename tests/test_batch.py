@@ -12,8 +12,7 @@ from paper_doc import doc_tables
 from nepa.batch import BatchError, split_batch, stage_batch
 from nepa.cli import main as nepa_main
 from nepa.config import load_params
-from nepa.estimate import plan_of
-from nepa.plan import audit
+from nepa.plan import audit, plan_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FULL = "scale: full\nsizes: [base, large]\nmodel: {size: base}\ndata: {imagenet_src: /in1k, ade20k_src: /ade}\n"

@@ -20,9 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nepa import models
 from nepa.config import DataParams
+from nepa.cost import forward_flops
 from nepa.data.embedded import find_fashion_mnist
 from nepa.errors import UserError
-from nepa.estimate import forward_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"

@@ -13,8 +13,7 @@ from paper_doc import table
 from nepa import plan as plan_module
 from nepa.cli import main as nepa_main
 from nepa.config import load_params
-from nepa.estimate import plan_of
-from nepa.plan import Plan, audit, pretrain_schedule
+from nepa.plan import Plan, audit, plan_of, pretrain_schedule
 from nepa.presets import ABLATIONS, PRETRAIN_EPOCHS, PRETRAINED_BY, steps_per_epoch
 from nepa.report import tables
 from nepa.report.gather import PROVENANCE

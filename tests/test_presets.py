@@ -11,7 +11,7 @@ import yaml
 from paper_doc import DOC, table
 
 from nepa.config import Params, load_params
-from nepa.estimate import ASSUMED_COST
+from nepa.cost import ASSUMED_COST
 from nepa.models import MODEL_SIZES
 from nepa.presets import ABLATION_BATCH, ABLATION_STEPS, PRETRAIN_COMMON, PRETRAIN_EPOCHS
 from nepa.report.paper import ABLATION_TABLES, BASELINES, HEADLINE_TABLES, ROWS

@@ -43,7 +43,7 @@ from nepa.errors import UserError
 DEFAULT_PORT = 29500  # torchrun's
 RENDEZVOUS_TIMEOUT_S = 600  # torchrun's join timeout; params: launcher.rendezvous_timeout_s
 POLL_S = 0.2  # between two looks at the rendezvous: how soon a signal is acted on
-JOINED = "nepa/rendezvous/joined/{}"
+JOINED = "nepa:joined:{}"  # a store key per rank
 
 
 @dataclass(frozen=True)

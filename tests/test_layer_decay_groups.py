@@ -1,6 +1,8 @@
 """Layer-wise lr decay's parameter groups against a snapshot of the groups nepa built before it took them from
 timm (`timm.optim.param_groups_layer_decay`): the same parameters in each group, the same weight decay, the same
-lr multiplier at every point of training (fixed decay and the paper's ramp), for a classifier and a UperNet.
+lr multiplier at every point of training (fixed decay and the paper's ramp), for classifiers and a UperNet. The
+snapshot was written by the hand-written grouping (commit 77c8192), whose multiplier was the engine's moving
+lr_scale alone; timm's groups carry a fixed `lr_scale` the engine applies first, and the ramp's factor on it.
 
     python tests/test_layer_decay_groups.py     # rewrites tests/snapshots/layer_decay_groups.json
 """
@@ -58,12 +60,11 @@ CASES = [
 def groups_of(model: nn.Module, start: float, ramp: bool) -> list[dict[str, Any]]:
     """The groups as the engine uses them: parameter names, weight decay, and the lr multiplier at PROGRESS
     (the group's fixed `lr_scale` times the task's moving scale, as nepa.engine.trainer applies them)."""
-    prefix = "backbone." if isinstance(model, UperNet) else ""
-    groups = layer_decay.param_groups(model, 0.05, prefix=prefix)
+    decay = layer_decay.groups(model, 0.05, start, ramp=ramp)
     names = {id(p): n for n, p in model.named_parameters()}
     out = []
-    for group in groups:
-        lr = [group.get("lr_scale", 1.0) * layer_decay.lr_scale(group, p, start=start, ramp=ramp) for p in PROGRESS]
+    for group in decay.param_groups:
+        lr = [group.get("lr_scale", 1.0) * (decay.lr_scale(group, p) if decay.lr_scale else 1.0) for p in PROGRESS]
         out.append({"params": [names[id(p)] for p in group["params"]], "weight_decay": group["weight_decay"], "lr": lr})
     return out
 

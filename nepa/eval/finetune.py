@@ -47,6 +47,7 @@ def build_model(params: Params, weights: Path | None, num_classes: int) -> NepaV
         params, weights, num_classes=0, causal=f.attention == "causal", pooling=f.pooling, drop_path=f.drop_path
     )
     model.reset_classifier(num_classes, zero_init=True)
+    model.set_grad_checkpointing(f.grad_checkpointing)
     if f.qk_norm_affine and model.cfg.qk_norm and not model.cfg.qk_norm_affine:
         learnable_qk_norm(model)
     if f.freeze_patch_embed:  # Table 1d: a frozen patch embedding fine-tunes better (77.4 vs 73.1)
@@ -151,13 +152,14 @@ def main(args: argparse.Namespace, params: Params) -> int:
         loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False, crop_ratio=f.eval_crop_ratio
     )
     evaluator = Evaluator(model, val_batches, device, progress=env.is_main)
+    decay = layer_decay.groups(model, f.weight_decay, f.layer_decay, ramp=f.layer_decay_ramp)
     task = Task(
         model=model,
         loss=make_loss(f, num_classes),
         batches=lambda epoch, start: train_batches(epoch=epoch, start_batch=start),
         batches_per_epoch=num_batches(train, batch_size=f.micro_batch, world=env.world),
-        param_groups=layer_decay.param_groups(model, f.weight_decay),
-        lr_scale=functools.partial(layer_decay.lr_scale, start=f.layer_decay, ramp=f.layer_decay_ramp),
+        param_groups=decay.param_groups,
+        lr_scale=decay.lr_scale,
         evaluate=evaluator,
         eval_fields=Evaluator.fields(f.ema_decay is not None),
     )

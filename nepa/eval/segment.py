@@ -165,6 +165,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         weights,
         train,
         folder,
+        model.backbone.cfg,
         ema_decay=None,
         base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
         steps=s.iterations,

@@ -95,7 +95,6 @@ def outcomes(report: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.slow
 def test_timm_model_battery_passes_for_nepa_tiny_and_small(battery: Path) -> None:
     report = battery / "report.xml"
     run = subprocess.run(

@@ -1,4 +1,4 @@
-"""timm's own model test battery (tests/test_models.py of the installed timm's sdist) on nepa_tiny and nepa_small.
+"""timm's own model test battery (test_models.py in the installed timm's sdist) on nepa_tiny and nepa_small.
 
 The sdist is fetched by pip at test time (PyPI, as CI installs everything; never copied into this repository).
 Its tests/ and pytest config run in a subprocess against the installed timm, with a conftest that registers the
@@ -98,9 +98,9 @@ def outcomes(report: Path) -> dict[str, str]:
 def test_timm_model_battery_passes_for_nepa_tiny_and_small(battery: Path) -> None:
     report = battery / "report.xml"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_models.py", "-k", " or ".join(MODELS), "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "test_models.py", "-k", " or ".join(MODELS), "-p", "no:cacheprovider",
          "-q", f"--junitxml={report}"],
-        cwd=battery, capture_output=True, text=True, timeout=1800,
+        cwd=battery / "tests", capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     results = outcomes(report)
     failed = sorted(name for name, kind in results.items() if kind == "failed")

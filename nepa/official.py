@@ -191,12 +191,12 @@ def read_official(folder: str | Path) -> tuple[dict[str, torch.Tensor], NepaConf
 
 
 def label_names_of(folder: str | Path, num_classes: int) -> list[str] | None:
-    """A classifier's label names by output index (config.json's id2label), or None for a backbone."""
+    """A classifier's label names by output index (config.json's id2label), or None (a backbone, or no id2label)."""
     config_path, official = read_config(Path(folder))
-    id2label = official.get("id2label") or {}
-    if not num_classes:
+    id2label = official.get("id2label")
+    if not num_classes or not id2label:
         return None
-    if sorted(int(i) for i in id2label) != list(range(num_classes)):
+    if set(id2label) != {str(i) for i in range(num_classes)}:
         raise UserError(
             f"{config_path}: id2label does not name the classifier's {num_classes} outputs 0..{num_classes - 1}"
         )

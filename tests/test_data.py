@@ -241,12 +241,21 @@ def test_bad_input(
     assert m["rows"] == expected
 
 
-def test_missing_source(tmp_path: Path, capsys) -> None:
+def test_missing_source_says_what_it_found(tmp_path: Path, capsys) -> None:
     assert nepa(tmp_path, "prepare", "imagenet", "--src", str(tmp_path / "nowhere")) == 2
     err = capsys.readouterr().err.strip()
-    assert (
-        err == f"nepa prepare: error: {tmp_path / 'nowhere'}: ImageNet folder not found; pass --src the dataset "
-        "folder (or set it in params.yaml)"
+    assert err.startswith(
+        f"nepa prepare: error: {tmp_path / 'nowhere'}: found nothing (no such file or folder); nepa reads ImageNet as "
+        "an ImageFolder tree (train/<wnid>/, val/<wnid>/"
+    )
+    assert "ILSVRC2012_img_train.tar" in err and "Hugging Face" in err and len(err.splitlines()) == 1
+    junk = tmp_path / "junk"
+    (junk / "images").mkdir(parents=True)
+    (junk / "notes.txt").write_text("x")
+    assert nepa(tmp_path, "prepare", "ade20k", "--src", str(junk)) == 2
+    assert capsys.readouterr().err.strip().startswith(
+        f"nepa prepare: error: {junk}: found a folder holding images/, notes.txt (2 entries); nepa reads ADE20K as "
+        "the ADEChallengeData2016 folder (images/, annotations/), ADEChallengeData2016.zip"
     )
     assert nepa(tmp_path, "prepare", "ade20k") == 2  # embedded scale, raw layouts not written yet
     assert (

@@ -1,4 +1,7 @@
-"""Raw ImageNet-1K / ADE20K folders -> sharded Parquet + manifest.json, the form DVC versions and loaders read.
+"""ImageNet-1K / ADE20K, in any form held -> sharded Parquet + manifest.json, the form DVC versions and loaders read.
+
+The forms (folder trees, the distribution tars and zip, Hugging Face copies) are recognised and listed by
+nepa/data/imagenet_forms.py and nepa/data/ade20k_forms.py; their bytes are read in place (nepa/data/sources.py).
 
 Why shards: ImageNet-1K train is 1.28M files of ~110 KB. DVC hashes, caches and pushes per file, and file
 systems and object stores pay per file, so 1.28M files take hours where ~1300 large files take minutes.
@@ -16,23 +19,24 @@ Layout under {data.root}/shards/:
   ade20k/{training,validation}/part-NNNNN.parquet   key string, image binary, mask binary (PNG, mode L)
   <dataset>/manifest.json                           rows per split and shard, sha256 of every shard, class map,
                                                     re-encode setting, skipped files
-Rows follow the sorted source paths; the loaders shuffle. Every row group holds one row, so a loader reads a
+Rows follow the sorted keys (split/<wnid>/<file>, split/<file>), the same from a tree or the tars; a Hugging
+Face copy keeps its own row order. The loaders shuffle. Every row group holds one row, so a loader reads a
 random sample by reading its bytes only (the global per-epoch permutation needs random access); the cost
 is ~170 bytes of footer per row (0.2% of an ImageNet shard). No Parquet compression: JPEG and PNG bytes are
-compressed already. ImageNet labels index the sorted train/ synset
-folders (torchvision's ImageFolder order, which is ImageNet's standard class order).
+compressed already. ImageNet labels are the standard class index (synset ids sorted: torchvision's and
+Hugging Face's order) whatever the form (nepa/data/imagenet_forms.py says how each form proves it).
 
 Checks: every image is decoded (JPEG at 1/8 scale, which still reads all its data, so truncation shows) and
 every mask must be a mode L/P PNG of its image's size. A bad file, an empty class folder or a missing
 annotation stops the run with one line naming it, or with data.skip_bad (--skip-bad) is left out and recorded
 in the manifest.
 
-Resume: each shard carries in its Parquet metadata a fingerprint of what it holds (source paths, sizes and
-modification times, labels, re-encode setting). A re-run keeps the shards whose fingerprint matches and
-writes the others into .staging/, each whole or not at all. Only when every shard of every split is written are
-the new ones renamed into place (manifest.json removed just before, written last), so a run that fails midway
-(a bad file, a full disk, a signal) leaves the previous manifest and shards as they were, readable, and its
-staged shards are taken as they are by the next run.
+Resume: each shard carries in its Parquet metadata a fingerprint of what it holds (keys, the sources' sizes
+and modification times, with offsets or rows inside an archive or table, labels, re-encode setting). A re-run
+keeps the shards whose fingerprint matches and writes the others into .staging/, each whole or not at all.
+Only when every shard of every split is written are the new ones renamed into place (manifest.json removed
+just before, written last), so a run that fails midway (a bad file, a full disk, a signal) leaves the previous
+manifest and shards as they were, readable, and its staged shards are taken as they are by the next run.
 
 Re-encoding (data.reencode_max_side / --reencode-max-side, off by default): images whose long side exceeds
 N are shrunk to N (bicubic) and stored as JPEG quality REENCODE_QUALITY, masks resized to match (nearest);

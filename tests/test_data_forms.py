@@ -13,6 +13,8 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,3 +361,31 @@ def test_zip_with_a_missing_annotation(tmp_path: Path) -> None:
     assert "download ADEChallengeData2016.zip again" in err and shard_bytes(tmp_path, "ade20k") == before
     assert prepare(tmp_path, "ade20k", path, "data.skip_bad=true")[0] == 0
     assert manifest(tmp_path, "ade20k")["splits"]["validation"]["rows"] == 1
+
+
+def test_prepare_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """benchmarks/data_forms.py end to end, tiny (no timing asserted: targets live in benchmarks/)."""
+    pytest.importorskip("skimage", reason="scikit-image (envs/requirements-dev.txt) makes the benchmark's photographs")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "data_forms.py"
+    args = [
+        "--images",
+        "24",
+        "--val",
+        "6",
+        "--classes",
+        "3",
+        "--workers",
+        "1",
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "data_forms.json").read_text())
+    assert [(r["form"], r["workers"]) for r in result["rows"]] == [("tars", 1), ("tree", 1)]
+    tars, tree = result["rows"]
+    assert tars["source_files_per_1000"] == 1000 * 3 / 30 and tree["source_files_per_1000"] == 1000
+    assert all(r["images_per_cpu_s"] > 0 and r["peak_extra_mb"] > 0 for r in result["rows"])
+    assert "| tars | 1 |" in (tmp_path / "data_forms.md").read_text()

@@ -175,12 +175,24 @@ class Devkit:
     truth: list[int]  # the ILSVRC2012_ID of validation image i + 1
     path: Path
 
+    @property
+    def truth_file(self) -> str:
+        return f"{self.path}:{DEVKIT_DIR}/{TRUTH}" if self.path.is_file() else str(self.path / TRUTH)
+
 
 def find_devkit(folder: Path) -> Path | None:
     for path in (folder / DEVKIT_TAR, folder / DEVKIT_DIR):
         if path.exists():
             return path
     return None
+
+
+def devkit_in(folder: Path, missing: str) -> Devkit:
+    """The devkit in `folder`, read; `missing` is the one line said when there is none."""
+    devkit = find_devkit(folder)
+    if devkit is None:
+        raise UserError(missing)
+    return read_devkit(devkit)
 
 
 def read_devkit(path: Path) -> Devkit:
@@ -228,14 +240,12 @@ def val_truth(folder: Path) -> tuple[dict[str, str], str]:
                 raise UserError(
                     f"{solution}: not Kaggle's validation solution (ImageId,PredictionString rows); restore it"
                 ) from None
-    devkit = find_devkit(folder)
-    if devkit is None:
-        raise UserError(
-            f"{folder}: validation images without class folders and no ground truth beside them; put "
-            f"LOC_val_solution.csv or {DEVKIT_TAR} in {folder}, or sort val/ into synset folders (valprep.sh)"
-        )
-    kit = read_devkit(devkit)
-    return {f"ILSVRC2012_val_{i + 1:08d}": kit.wnid_of[t] for i, t in enumerate(kit.truth)}, str(kit.path / TRUTH)
+    kit = devkit_in(
+        folder,
+        f"{folder}: validation images without class folders and no ground truth beside them; put "
+        f"LOC_val_solution.csv or {DEVKIT_TAR} in {folder}, or sort val/ into synset folders (valprep.sh)",
+    )
+    return {f"ILSVRC2012_val_{i + 1:08d}": kit.wnid_of[t] for i, t in enumerate(kit.truth)}, kit.truth_file
 
 
 # ---- folder trees (ImageFolder, Kaggle) -----------------------------------------------------------------
@@ -328,13 +338,11 @@ def scan_tars(src: Path, skip_bad: bool, workers: int, class_index: str | None) 
                 f"{tar}: {kind}-compressed; nepa reads tars in place, which needs them as distributed "
                 "(uncompressed): decompress it (it stays one file)"
             )
-    devkit = find_devkit(src)
-    if devkit is None:
-        raise UserError(
-            f"{src / DEVKIT_TAR}: not found; the labels come from the devkit (meta.mat and the validation ground "
-            f"truth): put {DEVKIT_TAR} beside the image tars"
-        )
-    kit = read_devkit(devkit)
+    kit = devkit_in(
+        src,
+        f"{src / DEVKIT_TAR}: not found; the labels come from the devkit (meta.mat and the validation ground "
+        f"truth): put {DEVKIT_TAR} beside the image tars",
+    )
     wnids = sorted(kit.words)
     index = {w: k for k, w in enumerate(wnids)}
     inventory = Inventory("imagenet", src, class_table(wnids, kit.words), {}, {})
@@ -350,7 +358,7 @@ def scan_tars(src: Path, skip_bad: bool, workers: int, class_index: str | None) 
         wnid = member.member.rsplit("/", 1)[-1].removesuffix(".tar")
         if not member.member.endswith(".tar") or wnid not in index:
             raise UserError(
-                f"{where(member)}: not a per-class tar of the devkit's classes ({devkit}); "
+                f"{where(member)}: not a per-class tar of the devkit's classes ({kit.path}); "
                 f"is {TRAIN_TAR} ImageNet-1K's?"
             )
         tasks.append(((member, wnid), 1))
@@ -378,7 +386,6 @@ def scan_tars(src: Path, skip_bad: bool, workers: int, class_index: str | None) 
     if problem:
         problems.report(val_tar, problem, "download it again")
     base = stamp(val_tar)
-    truth_file = f"{devkit}:{TRUTH}" if devkit.is_file() else str(devkit / TRUTH)
     for m in filter(_is_image, members):
         name = m.member.rsplit("/", 1)[-1]
         number = VAL_NUMBER.match(name)
@@ -386,7 +393,7 @@ def scan_tars(src: Path, skip_bad: bool, workers: int, class_index: str | None) 
         if not 0 < k <= len(kit.truth):
             problems.report(
                 where(m),
-                f"no ground truth: {truth_file} lists {len(kit.truth):,} images",
+                f"no ground truth: {kit.truth_file} lists {len(kit.truth):,} images",
                 "use the devkit of these images",
             )
             continue

@@ -74,8 +74,8 @@ Size = Literal[*SIZES]  # type: ignore[valid-type]
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # a rate or decay in [0, 1)
 UnitInterval = Annotated[float, Field(gt=0, le=1)]  # a share or multiplier in (0, 1]
-# A key that changes how a run is observed or stopped, not its weights: a checkpoint resumes across a change
-# of it (nepa.engine.checkpoint.resume_key leaves these out).
+# A key that changes how a run is observed, stopped or held in memory, not its weights: a checkpoint resumes
+# across a change of it (nepa.engine.checkpoint.resume_key leaves these out).
 OPERATIONAL = Field(json_schema_extra={"operational": True})
 
 
@@ -91,8 +91,11 @@ class Section(BaseModel):
 
 class DataParams(Section):
     root: str = "data"  # prepared shards and the embedded raw layouts live below this folder
-    imagenet_src: str | None = None  # full scale: the ImageNet-1K folder holding train/ and val/
-    ade20k_src: str | None = None  # full scale: the ADEChallengeData2016 folder
+    imagenet_src: str | None = None  # full scale: ImageNet-1K as held: tree, tars, Kaggle, HF (docs/datasets.md)
+    ade20k_src: str | None = None  # full scale: the ADEChallengeData2016 folder or zip, or HF scene_parse_150
+    # ImageNet class folders / ClassLabel names that are not synset ids: `standard` (0..999, the standard index)
+    # or a JSON file mapping each to its synset id (nepa/data/imagenet_forms.py); unset: they are refused
+    class_index: str | None = None
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
     embedded_image_size: PositiveInt = 32  # Fashion-MNIST 28x28 padded into an ImageNet-style RGB image
     embedded_scene_size: PositiveInt = 64  # ADE20K-style canvas holding 2-4 Fashion-MNIST items
@@ -163,6 +166,10 @@ class TrainingParams(Section):
     keep_last: Annotated[PositiveInt, OPERATIONAL] = 2
     log_every: Annotated[PositiveInt, OPERATIONAL] = 10
     num_workers: Annotated[NonNegativeInt, OPERATIONAL] = 2
+    # Gradient checkpointing: blocks keep only their input and recompute the rest in the backward pass (ViT-B on
+    # CPU: results/grad_checkpointing.md). The same gradients bit for bit, so a run that ran out of memory resumes
+    # with it switched on.
+    grad_checkpointing: Annotated[bool, OPERATIONAL] = False
 
 
 class EpochTrainingParams(TrainingParams):

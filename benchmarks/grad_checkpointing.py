@@ -1,15 +1,16 @@
 """Gradient checkpointing (`pretrain.grad_checkpointing`, `finetune.…`, `segment.…`): memory saved, time paid.
 
-    python benchmarks/grad_checkpointing.py                  # nepa-B-swiglu (the paper's ViT-B), batch 16, 3 steps
+    python benchmarks/grad_checkpointing.py                  # nepa-base-swiglu (the paper's ViT-B), batch 16, 3 steps
     python benchmarks/grad_checkpointing.py --model nepa-tiny --batch 4 --steps 2 --out /tmp/gc --report /tmp/gc.md
 
-Each setting, off and on, runs in a fresh process (harness.run_trial): the harness's pretraining step (forward and
-the NEPA loss, backward, clip, AdamW; fp32 on CPU, bf16 autocast on GPU) on one synthetic batch, --steps times.
+Each setting, off and on, runs in a fresh process (harness.run_trial): the engine's pretraining step (harness
+engine_step: forward and the NEPA loss, backward, clip, AdamW under DeepSpeed ZeRO-2, the EMA update; fp32 on CPU,
+bf16 autocast on GPU) on one synthetic batch, --steps times.
 CPU: the process's peak RSS (the high-water mark: weights, gradients, AdamW moments and the activations the
 backward keeps) and its RSS once model and batch exist, before the first step; GPU: peak allocated memory. Step
 time: the median of the steps after the first. The losses of both settings must be equal: checkpointing
 recomputes, it changes no number. Writes results/benchmarks/grad_checkpointing_{cpu|cuda}_{stamp}.{json,csv}
-and the table of --report (default results/grad_checkpointing.md).
+(nepa/measurements.py) and the table of --report (default results/grad_checkpointing.md).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import argparse
 import os
 import resource
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from harness import RESULTS, ROOT, build, emit, make_step, record, resolve_device, run_trial, synchronize, write_result
+from harness import RESULTS, ROOT, build, emit, engine_step, record, resolve_device, run_trial, synchronize
+
+from nepa import measurements
 
 SCRIPT = Path(__file__).resolve()
 
@@ -41,7 +45,8 @@ def trial(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     subject = build(args.model)
     subject.model.set_grad_checkpointing(args.checkpointing)
-    step = make_step(subject, device, "bf16" if device.type == "cuda" else "fp32", compile_scope=None)
+    engines = tempfile.TemporaryDirectory()
+    step = engine_step(subject, device, "bf16" if device.type == "cuda" else "fp32", None, args.batch, engines.name)
     images = torch.randn(args.batch, 3, subject.img_size, subject.img_size, generator=torch.Generator().manual_seed(1))
     images = images.to(device)
     before = rss_gb()
@@ -65,6 +70,7 @@ def trial(args: argparse.Namespace) -> None:
             "rss_before_first_step_gb": before,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         }
+    engines.cleanup()
     emit(row)
 
 
@@ -76,7 +82,7 @@ def report(result: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> No
     lines = [
         "# Gradient checkpointing: memory and time",
         "",
-        f"{s['model']} pretraining step (forward + NEPA loss + backward + clip + AdamW, "
+        f"{s['model']} pretraining step (the engine's: forward + NEPA loss + backward + clip + AdamW + EMA, "
         f"{'bf16 autocast' if gpu else 'fp32'}), batch {s['batch']} at {s['img_size']} px, {s['steps']} steps on one "
         f"synthetic batch; {dev['name']}, {s['threads']} threads ({dev['host']['cores']} cores), torch "
         f"{result['versions']['torch']}, {result['date']}.",
@@ -107,7 +113,7 @@ def report(result: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="nepa-B-swiglu", help="harness name (default: %(default)s)")
+    parser.add_argument("--model", default="nepa-base-swiglu", help="harness name (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="default: every core")
@@ -132,7 +138,7 @@ def main() -> None:
     settings = dict(model=args.model, batch=args.batch, steps=args.steps, threads=args.threads,
                     img_size=rows[0]["img_size"])  # fmt: skip
     result = record("grad_checkpointing", device, settings)
-    print(write_result(result, rows, args.out))
+    print(measurements.write(result, rows, args.out))
     report(result, rows, args.report)
     print(args.report.read_text())
 

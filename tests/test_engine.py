@@ -37,8 +37,8 @@ from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import EXIT_USAGE, UserError
 from nepa.models import create
 from nepa.models.weights import atomic_save_safetensors
-from nepa.presets import ABLATIONS
 from nepa.stopping import preemption_held
+from nepa.variants import VARIANTS
 
 
 def test_global_batch_must_be_whole_micro_batches() -> None:
@@ -165,7 +165,7 @@ def test_tidy_removes_what_a_killed_save_left(tmp_path: Path) -> None:
         checkpoints.latest()
 
 
-@pytest.mark.parametrize("variant", sorted(ABLATIONS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_pretraining_honours_every_variant(variant: str, tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     params = load_params(tmp_path / "params.yaml", (f"variant={variant}",))

@@ -22,10 +22,11 @@ from typing import Any
 
 import pandas as pd
 
-from nepa.presets import ABLATION_STEPS, ABLATION_TABLE, pretrained_by, stand_in
+from nepa.presets import ABLATION_STEPS
 from nepa.report.gather import PRETRAINED, PROVENANCE, RANDOM, RunKey
 from nepa.report.paper import BASELINES, BY_KEY, MODEL_NAMES, ROWS, PaperRow
 from nepa.report.spread import Spread, gap, seeds, verdict
+from nepa.variants import VARIANTS, pretrained_by, stand_in
 
 COLLAPSE_LOSS = -0.99  # the loss's minimum is -1: this close to it, the predictions copy the targets
 # ... and the targets themselves are (nearly) one vector: nothing left to predict. The line only has to tell one
@@ -121,7 +122,7 @@ def size_for(row: PaperRow, ev: Evidence) -> str | None:
 
 def variant_at(variant: str, size: str, row: PaperRow) -> str:
     """The variant whose runs stand for `variant` in `row` at `size`: itself at the row's own size, else its
-    reduced-scale stand-in (nepa_100k -> nepa)."""
+    reduced-scale stand-in (nepa/variants.py stand_in)."""
     return variant if size == row.size else stand_in(variant)
 
 
@@ -135,8 +136,8 @@ def incomparable(row: PaperRow, size: str, ev: Evidence) -> str:
     steps, expected = ev.pretrain_steps(size, pretrained_by(row.variant)), ABLATION_STEPS.get(row.table)
     if expected is not None and steps != expected:
         return f"pretrained {steps:g} steps, the paper {expected}"
-    if expected is None and row.variant in ABLATION_TABLE:  # at full scale a Table 1 variant gets its schedule
-        return f"pretrained on Table {ABLATION_TABLE[row.variant]}'s schedule"
+    if expected is None and (table := VARIANTS[row.variant].schedule):  # a Table 1 variant gets its schedule
+        return f"pretrained on Table {table}'s schedule"
     return ""
 
 

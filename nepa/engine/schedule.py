@@ -31,8 +31,8 @@ def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Step counts of a run."""
+class StepCounts:
+    """How many optimizer steps an epoch, the schedule, its warm-up and this run have."""
 
     steps_per_epoch: int
     total_steps: int  # the schedule's length: `epochs` worth of steps
@@ -40,7 +40,7 @@ class Plan:
     stop_step: int  # where this run stops: total_steps, or max_steps if smaller
 
 
-def plan(
+def step_counts(
     epochs: float,
     warmup_epochs: float,
     max_steps: int | None,
@@ -48,7 +48,7 @@ def plan(
     accumulation: int,
     steps: int | None = None,
     warmup_steps: int | None = None,
-) -> Plan:
+) -> StepCounts:
     """The schedule's length from `epochs` (pretraining, fine-tuning), or from `steps` where a recipe counts
     optimizer steps (segmentation's iterations); warm-up likewise."""
     steps_per_epoch = batches_per_epoch // accumulation
@@ -60,7 +60,7 @@ def plan(
     total = max(1, steps if steps is not None else round(epochs * steps_per_epoch))
     warmup = warmup_steps if warmup_steps is not None else round(warmup_epochs * steps_per_epoch)
     stop = total if max_steps is None else min(total, max_steps)
-    return Plan(steps_per_epoch, total, min(total, warmup), stop)
+    return StepCounts(steps_per_epoch, total, min(total, warmup), stop)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

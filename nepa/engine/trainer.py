@@ -34,7 +34,7 @@ from nepa.engine.distributed import DistEnv, several_processes
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
-from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
+from nepa.engine.schedule import accumulation_steps, peak_lr, step_counts, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shielded_batches
 from nepa.errors import UserError
 
@@ -177,7 +177,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task, env: DistEnv, device: torch.device):
         self.cfg, self.task, self.env, self.device = cfg, task, env, device
         self.accumulation = accumulation_steps(cfg.global_batch, cfg.micro_batch, env.world)
-        self.plan = plan(
+        self.counts = step_counts(
             cfg.epochs,
             cfg.warmup_epochs,
             cfg.max_steps,
@@ -194,10 +194,10 @@ class Trainer:
         fused = {"fused": True} if device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=cfg.betas, **fused)
         lr_factor = self.lr_factor = functools.partial(
-            warmup_cosine, warmup_steps=self.plan.warmup_steps, total_steps=self.plan.total_steps
+            warmup_cosine, warmup_steps=self.counts.warmup_steps, total_steps=self.counts.total_steps
         )
         if task.lr_scale is not None:
-            total = self.plan.total_steps
+            total = self.counts.total_steps
             lr_factor = [
                 functools.partial(
                     scaled_factor, factor=lr_factor, lr_scale=task.lr_scale, group=group, total_steps=total
@@ -298,14 +298,14 @@ class Trainer:
         return EXIT_NONFINITE
 
     def _fit(self) -> int:
-        cfg, plan_, engine = self.cfg, self.plan, self.engine
+        cfg, counts, engine = self.cfg, self.counts, self.engine
         state = self._start()
         if self.env.is_main:
             self.metrics = MetricsLog(cfg.folder / "metrics.csv", state.step or None, FIELDS + self.task.eval_fields)
         metrics = self.metrics
         meter, guard = LossMeter(self.device), NonFiniteGuard(self.device)
         bar = tqdm(
-            total=plan_.stop_step,
+            total=counts.stop_step,
             initial=state.step,
             disable=not self.env.is_main,
             desc=cfg.name,
@@ -317,7 +317,7 @@ class Trainer:
         wall0, t0 = state.wall_s, time.perf_counter()
         t_row, steps_in_row = t0, 0
         with Preemption() as preemption, bar:
-            while state.step < plan_.stop_step:
+            while state.step < counts.stop_step:
                 if batches is None:
                     batches = self._epoch_batches(state)
                 for _ in range(self.accumulation):
@@ -334,7 +334,7 @@ class Trainer:
                 lr = self.peak_lr * self.lr_factor(state.step)
                 state.step += 1
                 state.batch += self.accumulation
-                if state.batch == plan_.steps_per_epoch * self.accumulation:
+                if state.batch == counts.steps_per_epoch * self.accumulation:
                     state.epoch, state.batch, batches = state.epoch + 1, 0, None
                 guard.note(state.step, meter.total, grad_norm)
                 if self.ema is not None:  # of a bad step too: in memory only, never saved (the guard reads first)
@@ -343,8 +343,8 @@ class Trainer:
                 bar.update(1)
 
                 signum = preemption.agreed()
-                checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == plan_.stop_step or signum
-                eval_due = self.task.evaluate is not None and (state.batch == 0 or state.step == plan_.stop_step)
+                checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == counts.stop_step or signum
+                eval_due = self.task.evaluate is not None and (state.batch == 0 or state.step == counts.stop_step)
                 if state.step % cfg.log_every == 0 or checkpoint_due or eval_due:
                     if bad_step := guard.first_bad():
                         return self._stop_nonfinite(bad_step)
@@ -354,7 +354,7 @@ class Trainer:
                     speed = cfg.global_batch * steps_in_row / (now - t_row)
                     row = dict(
                         step=state.step,
-                        epoch=state.step / plan_.steps_per_epoch,
+                        epoch=state.step / counts.steps_per_epoch,
                         loss=mean_loss,
                         lr=lr,
                         grad_norm=float(grad_norm),
@@ -378,7 +378,7 @@ class Trainer:
         return 0
 
     def fit(self) -> int:
-        """Train to the plan's stop step; the exit status (module doc)."""
+        """Train to the run's stop step (StepCounts.stop_step); the exit status (module doc)."""
         try:
             return self._fit()
         finally:

@@ -134,6 +134,11 @@ class Objective(Section):
     mask_ratio: Fraction = 0.0  # replace this share of input patch embeddings by a learned mask token
 
 
+def linear_scaled_lr(base_lr: float, global_batch: int) -> float:
+    """MAE's and the paper's rule: a batch of `global_batch` trains at base_lr x global_batch / 256."""
+    return base_lr * global_batch / 256
+
+
 class TrainingParams(Section):
     """What every training stage (pretrain, finetune, segment) gives the engine (nepa/engine/trainer.py).
 
@@ -161,6 +166,11 @@ class EpochTrainingParams(TrainingParams):
     warmup_epochs: NonNegativeFloat = 1
     max_steps: Annotated[PositiveInt | None, OPERATIONAL] = None  # stop early; the schedule still spans `epochs`
     base_lr: NonNegativeFloat = 1e-3  # lr = base_lr * global_batch / 256; 0: a control run (initial weights)
+
+    @property
+    def lr(self) -> float:
+        """The peak lr the stage trains at (the engine is handed it as it is)."""
+        return linear_scaled_lr(self.base_lr, self.global_batch)
 
 
 class PretrainParams(EpochTrainingParams):
@@ -204,6 +214,10 @@ class ProbeParams(Section):
     weight_decay: NonNegativeFloat = 0.0
     poolings: Annotated[tuple[Literal["last", "mean"], ...], Field(min_length=1)] = ("last", "mean")
     num_workers: NonNegativeInt = 2
+
+    @property
+    def lr(self) -> float:
+        return linear_scaled_lr(self.base_lr, self.global_batch)
 
 
 class SegmentParams(TrainingParams):

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from nepa.config import load_params
+from nepa.config import PretrainParams, load_params
 from nepa.engine import distributed, rng
 from nepa.engine.checkpoint import LATEST, PARTIAL, STATE_FILE, Checkpoints, resume_key, tag
 from nepa.engine.distributed import DistEnv
@@ -31,7 +31,7 @@ from nepa.engine.ema import Ema
 from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
 from nepa.engine.pretrain import build_model, images_loss
-from nepa.engine.schedule import accumulation_steps, peak_lr, step_counts, warmup_cosine
+from nepa.engine.schedule import accumulation_steps, step_counts, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import EXIT_USAGE, UserError
@@ -45,7 +45,8 @@ def test_global_batch_must_be_whole_micro_batches() -> None:
     assert accumulation_steps(256, 64, 2) == 2
     with pytest.raises(UserError, match=r"global_batch 256 is not a multiple of micro_batch 48 x 2 process"):
         accumulation_steps(256, 48, 2)
-    assert peak_lr(3e-4, 4096) == pytest.approx(4.8e-3)  # the paper's 4096-batch lr
+    paper = PretrainParams(base_lr=3e-4, global_batch=4096, micro_batch=128)
+    assert paper.lr == pytest.approx(4.8e-3)  # the paper's 4096-batch lr
 
 
 def test_step_counts_and_warmup_cosine() -> None:

@@ -74,7 +74,7 @@ def test_no_host_read_between_log_steps_and_rows_reach_tensorboard(
         batches_per_epoch=len(data),
     )
     cfg = TrainConfig(
-        folder=tmp_path, epochs=1, warmup_epochs=0.2, global_batch=8, micro_batch=4, base_lr=0.1, betas=(0.9, 0.95),
+        folder=tmp_path, epochs=1, warmup_epochs=0.2, global_batch=8, micro_batch=4, lr=3.125e-3, betas=(0.9, 0.95),
         weight_decay=0.05, grad_clip=1.0, ema_decay=0.9, checkpoint_every=1000, keep_last=1, log_every=LOG_EVERY,
         seed=0, zero_stage=zero_stage,
     )  # fmt: skip

@@ -1,7 +1,7 @@
 """Batch arithmetic and the learning-rate schedule, all counted in optimizer steps.
 
-lr = base_lr * global_batch / 256 (the linear scaling rule of MAE and the paper), linear warm-up, then
-cosine to 0 at the end of `epochs`. An optimizer step never spans two epochs: the micro-batches of an
+The peak lr is the stage's, taken as it is (each stage's params say how they get it: nepa/config.py); linear
+warm-up, then cosine to 0 at the end of `epochs`. An optimizer step never spans two epochs: the micro-batches of an
 epoch that do not fill a last global batch are skipped, as drop_last does for single batches.
 """
 
@@ -11,10 +11,6 @@ import math
 from dataclasses import dataclass
 
 from nepa.errors import UserError
-
-
-def peak_lr(base_lr: float, global_batch: int) -> float:
-    return base_lr * global_batch / 256
 
 
 def accumulation_steps(global_batch: int, micro_batch: int, world: int) -> int:

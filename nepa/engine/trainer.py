@@ -17,24 +17,24 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import deepspeed
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from nepa.config import FinetuneParams, PretrainParams, SegmentParams
 from nepa.engine import faults, rng
 from nepa.engine.checkpoint import ELASTIC_STAGES, Checkpoints, TrainState, read_state
 from nepa.engine.distributed import DistEnv, several_processes
 from nepa.engine.ema import Ema
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
-from nepa.engine.schedule import accumulation_steps, peak_lr, step_counts, warmup_cosine
+from nepa.engine.schedule import accumulation_steps, step_counts, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shielded_batches
 from nepa.errors import UserError
 
@@ -43,12 +43,13 @@ EXIT_NONFINITE = 3
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What the engine needs from a stage's params section (pretrain, finetune, ...)."""
+    """What the engine trains with, in its own terms: the stages build it from their params (`from_params`), the
+    benchmarks and the engine's tests directly."""
 
     folder: Path  # the stage's run folder: checkpoints/ and metrics.csv go here
     global_batch: int
     micro_batch: int
-    base_lr: float
+    lr: float  # the peak lr itself; the schedule scales it from warm-up to 0, and nothing else does
     betas: tuple[float, float]
     weight_decay: float
     grad_clip: float | None
@@ -70,9 +71,43 @@ class TrainConfig:
     resume_key: str = ""
 
     @classmethod
-    def from_section(cls, section: BaseModel, **rest: Any) -> TrainConfig:
-        names = {f.name for f in fields(cls)} - set(rest)
-        return cls(**{k: v for k, v in section.model_dump().items() if k in names}, **rest)
+    def from_params(
+        cls,
+        section: PretrainParams | FinetuneParams | SegmentParams,
+        *,
+        folder: Path,
+        seed: int,
+        name: str,
+        card: dict[str, str],
+        resume_key: str,
+    ) -> TrainConfig:
+        """A training stage's config: which key of its params section goes where."""
+        if isinstance(section, SegmentParams):  # the mmseg recipe: optimizer steps (iterations), no EMA
+            length: dict[str, Any] = dict(steps=section.iterations, warmup_steps=section.warmup_iterations)
+            ema_decay = None
+        else:
+            length = dict(epochs=section.epochs, warmup_epochs=section.warmup_epochs, max_steps=section.max_steps)
+            ema_decay = section.ema_decay
+        return cls(
+            folder=folder,
+            global_batch=section.global_batch,
+            micro_batch=section.micro_batch,
+            lr=section.lr,
+            betas=section.betas,
+            weight_decay=section.weight_decay,
+            grad_clip=section.grad_clip,
+            ema_decay=ema_decay,
+            checkpoint_every=section.checkpoint_every,
+            keep_last=section.keep_last,
+            log_every=section.log_every,
+            seed=seed,
+            zero_stage=section.zero_stage,
+            precision=section.precision,
+            name=name,
+            card=card,
+            resume_key=resume_key,
+            **length,
+        )
 
 
 @dataclass
@@ -186,13 +221,12 @@ class Trainer:
             cfg.steps,
             cfg.warmup_steps,
         )
-        self.peak_lr = peak_lr(cfg.base_lr, cfg.global_batch)
         groups = task.param_groups or param_groups(task.model, cfg.weight_decay)
         for group in groups:
-            group["lr"] = self.peak_lr * group.get("lr_scale", 1.0)
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
         # CUDA: one fused kernel for every parameter (same update rule); CPU: torch's default, as before
         fused = {"fused": True} if device.type == "cuda" else {}
-        optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=cfg.betas, **fused)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
         lr_factor = self.lr_factor = functools.partial(
             warmup_cosine, warmup_steps=self.counts.warmup_steps, total_steps=self.counts.total_steps
         )
@@ -331,7 +365,7 @@ class Trainer:
                     meter.add(loss)
                 # stage 0: a device tensor; ZeRO 1-3: a float, which DeepSpeed's own overflow check has read back
                 grad_norm = stage0_norm if stage0 else engine.get_global_grad_norm()
-                lr = self.peak_lr * self.lr_factor(state.step)
+                lr = cfg.lr * self.lr_factor(state.step)
                 state.step += 1
                 state.batch += self.accumulation
                 if state.batch == counts.steps_per_epoch * self.accumulation:

@@ -161,8 +161,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         evaluate=evaluator,
         eval_fields=Evaluator.fields(f.ema_decay is not None),
     )
-    cfg = stage.train_config(f, params, VERB, weights, train, folder)
-    trainer = Trainer(cfg, task, env, device)
+    trainer = Trainer(stage.train_config(f, params, VERB, weights, train, folder), task, env, device)
     status = trainer.fit()
     if status == 0:
         scores = evaluator.last or evaluator(trainer.ema)  # a finished run that was only resumed evaluates here

@@ -156,19 +156,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         param_groups=layer_decay.param_groups(model, s.weight_decay, prefix="backbone."),
         lr_scale=functools.partial(layer_decay.lr_scale, start=s.layer_decay, ramp=False),
     )
-    cfg = stage.train_config(
-        s,
-        params,
-        VERB,
-        weights,
-        train,
-        folder,
-        ema_decay=None,
-        base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
-        steps=s.iterations,
-        warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
-    )
-    status = Trainer(cfg, task, env, device).fit()
+    status = Trainer(stage.train_config(s, params, VERB, weights, train, folder), task, env, device).fit()
     if status == 0:
         eval_batch = s.micro_batch if s.eval_mode == "whole" else 1  # slide: val images differ in size
         val_batches = loader(

@@ -12,9 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel
-
-from nepa.config import Params
+from nepa.config import FinetuneParams, Params, SegmentParams
 from nepa.engine.checkpoint import resume_key
 from nepa.engine.trainer import TrainConfig
 from nepa.errors import require_file
@@ -93,13 +91,13 @@ def digest(weights: Path | None) -> str:
 
 
 def train_config(
-    section: BaseModel, params: Params, verb: str, weights: Path | None, train: Path, folder: Path, **overrides: Any
+    section: FinetuneParams | SegmentParams, params: Params, verb: str, weights: Path | None, train: Path, folder: Path
 ) -> TrainConfig:
     """The engine's config of a downstream verb from its params `section`: its model card (the backbone it starts
     from, the data, the architecture) and a resume key over the section, the backbone and the split's manifest,
-    so a checkpoint of other params, weights or data is never resumed; `overrides` replace section fields."""
+    so a checkpoint of other params, weights or data is never resumed."""
     card = {"init": str(weights or RANDOM), "data": str(train), "model": params.model.timm_name}
     key = resume_key(params, (verb,), digest(weights), sha256_file(train.parent / "manifest.json"))
-    return TrainConfig.from_section(
-        section, folder=folder, seed=params.seed, name=f"nepa {verb}", card=card, resume_key=key, **overrides
+    return TrainConfig.from_params(
+        section, folder=folder, seed=params.seed, name=f"nepa {verb}", card=card, resume_key=key
     )

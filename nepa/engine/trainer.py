@@ -28,10 +28,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from nepa.config import FinetuneParams, PretrainParams, SegmentParams
-from nepa.engine import faults, rng
+from nepa.engine import rng
 from nepa.engine.checkpoint import ELASTIC_STAGES, Checkpoints, TrainState, read_state
 from nepa.engine.distributed import DistEnv, several_processes
 from nepa.engine.ema import Ema
+from nepa.engine.faults import Faults
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
 from nepa.engine.schedule import accumulation_steps, step_counts, warmup_cosine
@@ -209,8 +210,10 @@ class NonFiniteGuard:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, task: Task, env: DistEnv, device: torch.device):
+    def __init__(self, cfg: TrainConfig, task: Task, env: DistEnv, device: torch.device, faults: Faults | None = None):
+        """`faults`: the tests' injected failures (nepa/engine/faults.py); default: the environment's, read here."""
         self.cfg, self.task, self.env, self.device = cfg, task, env, device
+        self.faults = Faults.from_environ() if faults is None else faults
         self.accumulation = accumulation_steps(cfg.global_batch, cfg.micro_batch, env.world)
         self.counts = step_counts(
             cfg.epochs,
@@ -239,7 +242,7 @@ class Trainer:
                 for group in groups
             ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env)
+        self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env, self.faults)
         self.checkpoints.tidy()
         self.resume = self.checkpoints.latest()
         written = read_state(self.resume) if self.resume else None
@@ -355,9 +358,7 @@ class Trainer:
                 if batches is None:
                     batches = self._epoch_batches(state)
                 for _ in range(self.accumulation):
-                    loss = engine(to_device(next(batches), self.device))
-                    if faults.armed("NEPA_INJECT_NAN_AT_STEP", state.step + 1):
-                        loss = loss * float("nan")
+                    loss = self.faults.loss(state.step + 1, engine(to_device(next(batches), self.device)))
                     engine.backward(loss)
                     if stage0 and engine.is_gradient_accumulation_boundary():
                         stage0_norm = self._unreduced_grad_norm()
@@ -402,7 +403,7 @@ class Trainer:
                         metrics.append(row)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
                     t_row, steps_in_row = now, 0
-                faults.exit_if_armed("NEPA_EXIT_AT_STEP", state.step)
+                self.faults.after_step(state.step)
                 if checkpoint_due:
                     path = self.checkpoints.save(engine, self.ema, state)
                 if signum:

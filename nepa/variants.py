@@ -4,7 +4,7 @@ runs it by default.
 
 Everything else is derived from VARIANTS: `--variant NAME`'s params layer and the default `ablation_variants`
 (nepa/config.py), which runs each DAG target needs (nepa/plan.py), the report's rows (nepa/report/paper.py);
-tests/test_variants.py checks docs/paper.md's variant table against it.
+tests/test_variants.py checks docs/paper.md's variant table against it. docs/howto.md adds one, end to end.
 """
 
 from __future__ import annotations

@@ -6,12 +6,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from paper_doc import table
+from test_report_seeds import record
 
 from nepa.presets import ABLATION_STEPS
+from nepa.report import gather, tables
 from nepa.report.paper import ABLATION_TABLES, BY_KEY, ROWS
-from nepa.variants import VARIANTS, Variant
+from nepa.variants import VARIANTS, PaperRow, Variant
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("variant", "overrides", "schedule", "fine-tunes the pretraining of", "rows", "ablations default")
@@ -74,3 +77,21 @@ def test_a_variants_name_is_in_one_module() -> None:
     for name in set(VARIANTS) - COMMON_WORDS:
         word = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
         assert [path for path, text in texts.items() if word.search(text)] == ["nepa/variants.py"], name
+
+
+def test_a_researchers_own_row_is_shown_beside_its_compared_row_without_a_verdict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row with no paper value and no outcome is not the paper's: the report says so and gives our number beside
+    the compared row's (here 1c's baseline, run at embedded scale as nepa_50k), judging no direction."""
+    row = PaperRow("1c-20", "1c", "input masking 20%", None, versus="1c-0")
+    monkeypatch.setitem(VARIANTS, "mask_20", Variant("mask_20", {"objective": {"mask_ratio": 0.2}}, "1c", rows=(row,)))
+    row = VARIANTS["mask_20"].rows[0]
+    assert not row.from_paper and all(r.from_paper for r in ROWS)
+    runs = tmp_path / "runs"
+    for variant, values in {"mask_20": (60.0, 61.0), "nepa_50k": (62.0, 63.0)}.items():
+        for seed, top1 in enumerate(values):
+            record(runs / f"tiny-{variant}-s{seed}" / "finetune", "finetune", {"val_top1": top1}, variant, seed, "x")
+    cells, _ = tables.ablation_row(row, tables.Evidence(gather.metrics_table(runs), {}, chance=10.0))
+    assert cells["Paper"] == "— (not in the paper)" and cells["Runs"] == "tiny-mask_20"
+    assert cells["Direction"] == "ours 60.50 < 62.50 (input masking 0%)"

@@ -37,6 +37,7 @@ TRIVIAL_LOSS = -0.99  # reached by the first logged step: the objective asks for
 STAND_INS = ("tiny", "small")  # sizes whose reduced-scale runs stand in for the paper's ViT-B rows
 HEADLINE = {"val_top1": 1.0, "val_top1_last": 1.0, "val_top1_mean": 1.0, "val_miou": 100.0}  # metric -> unit (%)
 NOT_RUN = "not run"
+NOT_IN_PAPER = "— (not in the paper)"  # a researcher's own row (nepa/variants.py PaperRow.from_paper)
 COMPARISON = ("Table", "Setting", "Model", "Paper", "Ours", "Δ ours − paper", "Direction", "Runs", "Seeds", "Scale",
               "Checkpoint", "Params", "Commit", "Hardware", "Hours")  # fmt: skip
 ABLATION = ("Table", "Setting", "Paper", "Ours: fine-tune top-1", "Ours: probe top-1 (last · mean)",
@@ -146,6 +147,13 @@ def paper_number(x: float) -> str:
     return f"{x:.1f}" if round(x, 1) == x else f"{x:.2f}"
 
 
+def paper_cell(row: PaperRow) -> str:
+    """What the paper says of the row: its number, what it saw instead, or that the row is not the paper's."""
+    if row.paper is not None:
+        return paper_number(row.paper)
+    return f"{row.outcome} ({row.note})" if row.outcome else NOT_IN_PAPER
+
+
 def ours(row: PaperRow, size: str, ev: Evidence, at: PaperRow | None = None) -> Spread | None:
     """The row's metric over the seeds of `size` and the row's variant (stood in for as in row `at`), in the
     paper's unit."""
@@ -233,6 +241,10 @@ def direction(row: PaperRow, size: str, ev: Evidence) -> str:
     if row.outcome == "fails":
         return _fails(row, size, ref, ev)
     mine = ours(row, size, ev)
+    if ref is not None and mine is not None and not row.from_paper:  # ours beside its compared row, no verdict
+        theirs = ours(ref, size, ev, row)
+        beside = NOT_RUN if theirs is None else f"{gap(mine, theirs).sign} {theirs.mean:.2f}"
+        return f"ours {mine.mean:.2f} {beside} ({ref.setting})"
     paper_sign = expected_order(row, ref)
     if ref is None or paper_sign is None or mine is None:
         return ""
@@ -274,8 +286,7 @@ def _seeds(spread: Spread | None) -> str:
 
 def compare(row: PaperRow, ev: Evidence) -> tuple[dict[str, str], str]:
     """One paper row as table cells, and its class: 'notrun' (no value), 'reduced' (direction only) or ''."""
-    paper = paper_number(row.paper) if row.paper is not None else f"{row.outcome} ({row.note})"
-    cells = {"Table": row.table, "Setting": row.setting, "Model": MODEL_NAMES[row.size], "Paper": paper}
+    cells = {"Table": row.table, "Setting": row.setting, "Model": MODEL_NAMES[row.size], "Paper": paper_cell(row)}
     size = size_for(row, ev)
     if size is None:
         return {**cells, "Ours": NOT_RUN}, "notrun"

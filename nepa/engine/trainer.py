@@ -89,26 +89,14 @@ class TrainConfig:
         else:
             length = dict(epochs=section.epochs, warmup_epochs=section.warmup_epochs, max_steps=section.max_steps)
             ema_decay = section.ema_decay
-        return cls(
-            folder=folder,
-            global_batch=section.global_batch,
-            micro_batch=section.micro_batch,
-            lr=section.lr,
-            betas=section.betas,
-            weight_decay=section.weight_decay,
-            grad_clip=section.grad_clip,
-            ema_decay=ema_decay,
-            checkpoint_every=section.checkpoint_every,
-            keep_last=section.keep_last,
-            log_every=section.log_every,
-            seed=seed,
-            zero_stage=section.zero_stage,
+        return cls(  # by concern: batch, optimizer, schedule and averaging, bookkeeping, identity
+            global_batch=section.global_batch, micro_batch=section.micro_batch, zero_stage=section.zero_stage,
             precision=section.precision,
-            name=name,
-            card=card,
-            resume_key=resume_key,
-            **length,
-        )
+            lr=section.lr, betas=section.betas, weight_decay=section.weight_decay, grad_clip=section.grad_clip,
+            ema_decay=ema_decay, **length,
+            checkpoint_every=section.checkpoint_every, keep_last=section.keep_last, log_every=section.log_every,
+            folder=folder, seed=seed, name=name, card=card, resume_key=resume_key,
+        )  # fmt: skip
 
 
 @dataclass

@@ -80,8 +80,11 @@ class Section(BaseModel):
 
 class DataParams(Section):
     root: str = "data"  # prepared shards and the embedded raw layouts live below this folder
-    imagenet_src: str | None = None  # full scale: the ImageNet-1K folder holding train/ and val/
-    ade20k_src: str | None = None  # full scale: the ADEChallengeData2016 folder
+    imagenet_src: str | None = None  # full scale: ImageNet-1K as held: tree, tars, Kaggle, HF (docs/datasets.md)
+    ade20k_src: str | None = None  # full scale: the ADEChallengeData2016 folder or zip, or HF scene_parse_150
+    # ImageNet class folders / ClassLabel names that are not synset ids: `standard` (0..999, the standard index)
+    # or a JSON file mapping each to its synset id (nepa/data/imagenet_forms.py); unset: they are refused
+    class_index: str | None = None
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
     embedded_image_size: PositiveInt = 32  # Fashion-MNIST 28x28 padded into an ImageNet-style RGB image
     embedded_scene_size: PositiveInt = 64  # ADE20K-style canvas holding 2-4 Fashion-MNIST items

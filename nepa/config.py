@@ -63,8 +63,8 @@ Size = Literal[*SIZES]  # type: ignore[valid-type]
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # a rate or decay in [0, 1)
 UnitInterval = Annotated[float, Field(gt=0, le=1)]  # a share or multiplier in (0, 1]
-# A key that changes how a run is observed or stopped, not its weights: a checkpoint resumes across a change
-# of it (nepa.engine.checkpoint.resume_key leaves these out).
+# A key that changes how a run is observed, stopped or held in memory, not its weights: a checkpoint resumes
+# across a change of it (nepa.engine.checkpoint.resume_key leaves these out).
 OPERATIONAL = Field(json_schema_extra={"operational": True})
 
 
@@ -160,6 +160,10 @@ class TrainingParams(Section):
     keep_last: Annotated[PositiveInt, OPERATIONAL] = 2
     log_every: Annotated[PositiveInt, OPERATIONAL] = 10
     num_workers: Annotated[NonNegativeInt, OPERATIONAL] = 2
+    # Gradient checkpointing: blocks keep only their input and recompute the rest in the backward pass (ViT-B on
+    # CPU: results/grad_checkpointing.md). The same gradients bit for bit, so a run that ran out of memory resumes
+    # with it switched on.
+    grad_checkpointing: Annotated[bool, OPERATIONAL] = False
 
 
 class EpochTrainingParams(TrainingParams):

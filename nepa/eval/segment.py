@@ -113,6 +113,7 @@ def build_model(params: Params, weights: Path | None, num_classes: int, device: 
     s = params.segment
     rng.seed_all(params.seed)  # the same head (and random-init backbone) on every rank
     backbone = stage.build(params, weights, num_classes=0, causal=False, drop_path=s.drop_path)
+    backbone.set_grad_checkpointing(s.grad_checkpointing)
     taps = s.taps or default_taps(backbone.cfg.depth)
     if len(taps) != 4 or list(taps) != sorted(set(taps)) or not 0 <= taps[0] <= taps[-1] < backbone.cfg.depth:
         raise UserError(
@@ -148,15 +149,17 @@ def main(args: argparse.Namespace, params: Params) -> int:
         verify=params.data.verify_shards,
     )
     train_batches = functools.partial(loader, "segment_train", train, batch_size=s.micro_batch, crop=s.crop)
+    decay = layer_decay.groups(model, s.weight_decay, s.layer_decay, ramp=False)
     task = Task(
         model=model,
         loss=loss,
         batches=lambda epoch, start: train_batches(epoch=epoch, start_batch=start),
         batches_per_epoch=num_batches(train, batch_size=s.micro_batch, world=env.world),
-        param_groups=layer_decay.param_groups(model, s.weight_decay, prefix="backbone."),
-        lr_scale=functools.partial(layer_decay.lr_scale, start=s.layer_decay, ramp=False),
+        param_groups=decay.param_groups,
+        lr_scale=decay.lr_scale,
     )
-    status = Trainer(stage.train_config(s, params, VERB, weights, train, folder), task, env, device).fit()
+    cfg = stage.train_config(s, params, VERB, weights, train, folder, model.backbone.cfg)
+    status = Trainer(cfg, task, env, device).fit()
     if status == 0:
         eval_batch = s.micro_batch if s.eval_mode == "whole" else 1  # slide: val images differ in size
         val_batches = loader(

@@ -39,7 +39,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from nepa import models
-from nepa.config import SIZES, ModelParams
+from nepa.config import SIZES, ModelParams, linear_scaled_lr
 from nepa.cost import training_flops
 from nepa.objectives import Objective, next_embedding_loss, pretrain_loss
 from nepa.presets import PRETRAIN_COMMON
@@ -208,13 +208,14 @@ def engine_parts(
         batches=batches,
         batches_per_epoch=batches_per_epoch,
     )
-    recipe = {key: PRETRAIN_COMMON[key] for key in ("base_lr", "weight_decay", "grad_clip", "ema_decay")}
+    recipe = {key: PRETRAIN_COMMON[key] for key in ("weight_decay", "grad_clip", "ema_decay")}
     settings: dict[str, Any] = dict(
         folder=Path(folder),
         epochs=1,
         warmup_epochs=0,
         global_batch=batch,
         micro_batch=batch,
+        lr=linear_scaled_lr(PRETRAIN_COMMON["base_lr"], batch),
         betas=tuple(PRETRAIN_COMMON["betas"]),
         **recipe,
         checkpoint_every=10**9,

@@ -8,7 +8,7 @@ Resolution, later wins:
   4. what params.yaml says;
   4b. the NEPA_LAUNCHER environment variable, if set: launcher.kind (local | submitit), so that a Snakemake
       profile or a cluster login shell sends every stage to SLURM without editing params.yaml;
-  5. the ablation `variant` (nepa/presets.py ABLATIONS), which defines the experiment;
+  5. the ablation `variant` (nepa/variants.py), which defines the experiment;
   6. `--set section.key=value` on the command line.
 An unknown key or a wrong type is one line naming the key and the file (exit 2).
 """
@@ -40,16 +40,8 @@ from pydantic import (
 
 from nepa.batch import TRAINED, stage_batch
 from nepa.errors import UserError
-from nepa.presets import (
-    ABLATION_TABLE,
-    ABLATION_VARIANTS,
-    ABLATIONS,
-    EMBEDDED,
-    ablation_schedule,
-    full_scale,
-    pretraining_source,
-    recipe_knobs,
-)
+from nepa.presets import EMBEDDED, ablation_schedule, full_scale, recipe_knobs
+from nepa.variants import VARIANTS, default_ablations, pretraining_source
 from nepa.verbs import STAGES
 
 
@@ -148,6 +140,11 @@ class Objective(Section):
     mask_ratio: Fraction = 0.0  # replace this share of input patch embeddings by a learned mask token
 
 
+def linear_scaled_lr(base_lr: float, global_batch: int) -> float:
+    """MAE's and the paper's rule: a batch of `global_batch` trains at base_lr x global_batch / 256."""
+    return base_lr * global_batch / 256
+
+
 class TrainingParams(Section):
     """What every training stage (pretrain, finetune, segment) gives the engine (nepa/engine/trainer.py).
 
@@ -179,6 +176,11 @@ class EpochTrainingParams(TrainingParams):
     warmup_epochs: NonNegativeFloat = 1
     max_steps: Annotated[PositiveInt | None, OPERATIONAL] = None  # stop early; the schedule still spans `epochs`
     base_lr: NonNegativeFloat = 1e-3  # lr = base_lr * global_batch / 256; 0: a control run (initial weights)
+
+    @property
+    def lr(self) -> float:
+        """The peak lr the stage trains at (the engine is handed it as it is)."""
+        return linear_scaled_lr(self.base_lr, self.global_batch)
 
 
 class PretrainParams(EpochTrainingParams):
@@ -222,6 +224,10 @@ class ProbeParams(Section):
     weight_decay: NonNegativeFloat = 0.0
     poolings: Annotated[tuple[Literal["last", "mean"], ...], Field(min_length=1)] = ("last", "mean")
     num_workers: NonNegativeInt = 2
+
+    @property
+    def lr(self) -> float:
+        return linear_scaled_lr(self.base_lr, self.global_batch)
 
 
 class SegmentParams(TrainingParams):
@@ -312,10 +318,10 @@ class LauncherParams(Section):
 class Params(Section):
     recipe: Literal["paper", "official"] = "paper"
     scale: Literal["embedded", "full"] = "embedded"
-    variant: str = "nepa"  # an ablation from nepa/presets.py ABLATIONS; "nepa" is the method itself
+    variant: str = "nepa"  # an ablation from nepa/variants.py; "nepa" is the method itself
     sizes: tuple[Size, ...] = ("tiny",)  # model sizes the DAG runs; a stage runs model.size
     variants: tuple[str, ...] = ("nepa",)  # variants the DAG runs for every size (the report's rows)
-    ablation_variants: tuple[str, ...] = ABLATION_VARIANTS  # what `snakemake ablations` runs (Table 1, appendix)
+    ablation_variants: tuple[str, ...] = default_ablations()  # what `snakemake ablations` runs (Table 1, appendix)
     seed: int = 0
     # Seeds the DAG runs each run of a target with, each in its own folder {size}-{variant}-s{seed} (the seed is
     # recorded in its metrics.json); empty: `seed` alone, in {size}-{variant}. `seeds` for the default target,
@@ -360,7 +366,7 @@ class Params(Section):
     @property
     def pretrained_run(self) -> str:
         """The run whose pretraining and export this run's downstream stages start from: its own, or for a
-        fine-tune-only variant its baseline's (nepa/presets.py PRETRAINED_BY)."""
+        fine-tune-only variant its baseline's (nepa/variants.py)."""
         return self.run_of(pretraining_source(self.variant, self.scale == "full"))
 
     @model_validator(mode="after")
@@ -461,8 +467,8 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
     size = size or top.get("model", {}).get("size") or "tiny"
     variant = top.get("variant", "nepa")
     for name in [variant, *top.get("variants", []), *top.get("ablation_variants", [])]:
-        if name not in ABLATIONS:
-            raise UserError(f"{path}: variant {name!r} is not one of {sorted(ABLATIONS)}")
+        if name not in VARIANTS:
+            raise UserError(f"{path}: variant {name!r} is not one of {sorted(VARIANTS)}")
     layers: list[tuple[str, dict[str, Any]]] = []
     if scale == "embedded":
         layers.append(("embedded preset", EMBEDDED))
@@ -471,13 +477,13 @@ def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (
             layers.append(("full-scale preset", full_scale(recipe, size, top.get("launcher", {}).get("slurm", {}))))
         except UserError as e:
             raise UserError(f"{path}: {e}") from None
-    if variant in ABLATION_TABLE:  # Table 1's own schedule, at either scale
-        layers.append(("ablation schedule", ablation_schedule(ABLATION_TABLE[variant], scale)))
+    if table := VARIANTS[variant].schedule:  # Table 1's own schedule, at either scale
+        layers.append(("ablation schedule", ablation_schedule(table, scale)))
     layers += [
         ("recipe preset", recipe_knobs(recipe, size)),
         (str(path), user),
         ("NEPA_LAUNCHER", _launcher_from_env()),
-        (f"variant {variant}", ABLATIONS[variant]),
+        (f"variant {variant}", VARIANTS[variant].overrides),
         ("--set", cli),
         ("--size", {"model": {"size": size}}),
     ]
@@ -509,7 +515,7 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one param, e.g. --set pretrain.epochs=5 (repeatable)",
     )
     parser.add_argument("--size", choices=list(SIZES), help="model size (default: params)")
-    parser.add_argument("--variant", help="ablation variant from nepa/presets.py (default: params)")
+    parser.add_argument("--variant", help="ablation variant from nepa/variants.py (default: params)")
 
 
 def params_from_arguments(args: argparse.Namespace) -> Params:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nepa.config import SIZES, ModelParams, Params
-from nepa.engine.schedule import plan
+from nepa.engine.schedule import step_counts
 from nepa.measurements import read
 from nepa.presets import IMAGENET_TRAIN, steps_per_epoch
 
@@ -314,7 +314,7 @@ def stage_cost(stage: str, p: Params, speed: Speed, gpus: int, nodes: int) -> Co
     """The FLOPs and time of one full-scale GPU job of `stage` under params `p`."""
     if stage == "pretrain":
         s = p.pretrain  # ImageNet's steps per epoch at full scale, through the engine's own schedule
-        steps = plan(s.epochs, s.warmup_epochs, s.max_steps, steps_per_epoch(s.global_batch), 1).stop_step
+        steps = step_counts(s.epochs, s.warmup_epochs, s.max_steps, steps_per_epoch(s.global_batch), 1).stop_step
         arch = nepa_arch(p)
         images = steps * s.global_batch
         work = f"{steps:,} steps x batch {s.global_batch} = {images:.3g} images"

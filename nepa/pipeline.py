@@ -33,7 +33,7 @@ import yaml
 from nepa.config import Params
 from nepa.files import atomic_write_text
 from nepa.plan import Job, plan_jobs
-from nepa.presets import pretraining_source
+from nepa.variants import pretraining_source
 
 # A run's folder: {seedpart} is -s{seed} where runs are per seed (params seeds/ablation_seeds), else empty;
 # {seedarg} passes that seed to the verb. SOURCE: the run whose export a downstream stage starts from.

@@ -97,7 +97,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         "variant": params.variant,
     }
     folder = stage_folder(params)
-    cfg = TrainConfig.from_section(
+    cfg = TrainConfig.from_params(
         p,
         folder=folder,
         seed=params.seed,

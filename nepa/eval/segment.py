@@ -160,19 +160,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         param_groups=decay.param_groups,
         lr_scale=decay.lr_scale,
     )
-    cfg = stage.train_config(
-        s,
-        params,
-        VERB,
-        weights,
-        train,
-        folder,
-        model.backbone.cfg,
-        ema_decay=None,
-        base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
-        steps=s.iterations,
-        warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
-    )
+    cfg = stage.train_config(s, params, VERB, weights, train, folder, model.backbone.cfg)
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:
         eval_batch = s.micro_batch if s.eval_mode == "whole" else 1  # slide: val images differ in size

@@ -14,9 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel
-
-from nepa.config import Params
+from nepa.config import FinetuneParams, Params, SegmentParams
 from nepa.engine.checkpoint import resume_key
 from nepa.engine.trainer import TrainConfig
 from nepa.errors import require_file
@@ -95,20 +93,19 @@ def digest(weights: Path | None) -> str:
 
 
 def train_config(
-    section: BaseModel,
+    section: FinetuneParams | SegmentParams,
     params: Params,
     verb: str,
     weights: Path | None,
     train: Path,
     folder: Path,
     architecture: NepaConfig,
-    **overrides: Any,
 ) -> TrainConfig:
     """The engine's config of a downstream verb from its params `section`: its model card (the backbone it starts
     from, the data, the architecture as built: `nepa export` rebuilds the model from it) and a resume key over the
     section, the backbone, the split's manifest and the architecture, so a checkpoint of other params, weights or
     data is never resumed (nor one written before the card held the architecture, whose optimizer groups nepa
-    built otherwise); `overrides` replace section fields."""
+    built otherwise)."""
     nepa_config = json.dumps(dataclasses.asdict(architecture))
     card = {
         "init": str(weights or RANDOM),
@@ -117,6 +114,6 @@ def train_config(
         "nepa_config": nepa_config,
     }
     key = resume_key(params, (verb,), digest(weights), sha256_file(train.parent / "manifest.json"), nepa_config)
-    return TrainConfig.from_section(
-        section, folder=folder, seed=params.seed, name=f"nepa {verb}", card=card, resume_key=key, **overrides
+    return TrainConfig.from_params(
+        section, folder=folder, seed=params.seed, name=f"nepa {verb}", card=card, resume_key=key
     )

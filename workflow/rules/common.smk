@@ -4,7 +4,8 @@
 import json
 
 from nepa.config import SIZES
-from nepa.presets import ABLATION_TABLE, EMBEDDED_ABLATION_THREADS
+from nepa.presets import EMBEDDED_ABLATION_THREADS
+from nepa.variants import VARIANTS
 from nepa.pipeline import fill, report_inputs, stage, target_inputs
 
 WILDCARDS = dict(size="{size}", variant="{variant}", seed="{seed}")
@@ -67,7 +68,12 @@ def stage_threads():
         return 1
     if PARAMS.scale != "embedded":
         return workflow.cores
-    return lambda wildcards: EMBEDDED_ABLATION_THREADS if wildcards.get("variant") in ABLATION_TABLE else workflow.cores
+
+    def threads(wildcards):
+        on_table_1 = "variant" in wildcards.keys() and VARIANTS[wildcards.variant].schedule
+        return EMBEDDED_ABLATION_THREADS if on_table_1 else workflow.cores
+
+    return threads
 
 
 def stage_resources(name):

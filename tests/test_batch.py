@@ -152,6 +152,20 @@ def test_nepa_plan_shows_the_derivation(tmp_path: Path, capsys) -> None:
     assert "4096 = 64 (pinned) x 8 proc. x 8 acc." in capsys.readouterr().out
 
 
+def test_a_pinned_micro_batch_that_cannot_hold_stops_the_plan_with_the_fix(tmp_path: Path, capsys) -> None:
+    """64 pinned on 16 nodes x 8 GPUs: 64 x 128 processes is more than the batch of 4096; one line, exit 2."""
+    path = tmp_path / "params.yaml"
+    path.write_text(FULL)
+    sets = ["launcher.stages.pretrain.nodes=16", "pretrain.micro_batch=64"]
+    assert nepa_main(["plan", "--params", str(path), *(x for s in sets for x in ("--set", s))]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("nepa plan: error: plan audit failed: pretrain base-") and (
+        "pretrain.micro_batch 64 (pinned in params) x 128 processes does not divide pretrain.global_batch 4096; "
+        "set pretrain.micro_batch to 32, run it on 64 processes, or remove pretrain.micro_batch to let nepa choose"
+    ) in err, err
+
+
 def test_the_guides_batch_table_is_the_rule(tmp_path: Path) -> None:
     """docs/slurm.md's table of splits per node count is what the plan runs."""
     rows = doc_tables((ROOT / "docs/slurm.md").read_text())["Batches on any shape"]

@@ -3,11 +3,14 @@ script finds rank 0 on the job's first node at a port from the job id, with or w
 cannot form ends within its wait with one line (exit 2); a signal during the wait ends the process at once.
 
 The multi-node job is simulated: two processes on this host with the variables SLURM gives the tasks of a
-2-node, 1-task-per-node job step, the node list naming two loopback addresses (no second host here).
+2-node, 1-task-per-node job step, the node list naming two loopback addresses (no second host here). On the
+local one-node SLURM (tests/slurm_cluster.py) a user's own batch script runs the verb under a real srun.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from slurm_cluster import SlurmCluster
 from test_engine_runs import DATA, environment, root  # noqa: F401 (a fixture)
 
 from nepa.engine.checkpoint import latest_checkpoint, read_state
@@ -131,3 +135,31 @@ def test_sigterm_during_the_rendezvous_ends_the_process_at_once(root: Path, tmp_
     finally:
         proc.kill()
     assert f"stopped by signal {int(signal.SIGTERM)} before training" in log.read_text()
+
+
+@pytest.mark.slow
+def test_a_users_own_sbatch_script_trains_under_srun(slurm: SlurmCluster, root: Path, tmp_path: Path) -> None:  # noqa: F811
+    """On the local SLURM, without submitit: `srun nepa pretrain` in the user's batch script starts 2 tasks that
+    meet on the job's first node and train; the verb run by the batch script itself (sbatch without srun: rank 0
+    of the job's 2 tasks, alone) stops with the line, exit 2, within its wait."""
+
+    def batch_job(name: str, line: str) -> tuple[int, str]:
+        log = tmp_path / f"{name}.log"
+        options = ["--wait", "--ntasks=2", "--cpus-per-task=1", "--mem=4G", f"--chdir={tmp_path}", f"--output={log}"]
+        done = subprocess.run(
+            ["sbatch", *options, f"--wrap={line}"],
+            env=environment(**slurm.env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return done.returncode, log.read_text() if log.exists() else done.stderr
+
+    runs = tmp_path / "runs"
+    status, log = batch_job("srun", "srun " + shlex.join(pretrain(root, runs)))
+    assert status == 0, log[-3000:]
+    assert pd.read_csv(runs / "tiny-nepa/pretrain/metrics.csv")["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert read_state(latest_checkpoint(runs / "tiny-nepa/pretrain/checkpoints")).world == 2
+    status, log = batch_job("alone", shlex.join(pretrain(root, tmp_path / "alone", "launcher.rendezvous_timeout_s=5")))
+    assert status == EXIT_USAGE, log[-3000:]
+    assert re.search(r"rank 0 of 2: rank\(s\) 1 did not join the rendezvous at \S+ \(the first node of SLURM_JOB_", log)

@@ -90,10 +90,14 @@ def split_batch(
     other = largest(processes)
     fixes = [f"set {key}micro_batch to {other}"] if other else []
     fixes += [elsewhere, f"or remove {key}micro_batch to let nepa choose"]
-    raise BatchError(
-        f"{key}micro_batch {micro_batch} (pinned in params{even}) x {_processes(processes)} does not divide "
-        f"{key}global_batch {global_batch}; " + ", ".join(fixes)
-    )
+    pinned_one = f"{key}micro_batch {micro_batch} (pinned in params)"
+    if micro_batch % multiple:
+        problem = f"{pinned_one}: Mixup pairs each batch with its reverse, use an even one"
+    elif micro_batch < minimum:
+        problem = f"{pinned_one} is below the stage's minimum of {minimum}"
+    else:
+        problem = f"{pinned_one} x {_processes(processes)} does not divide {key}global_batch {global_batch}"
+    raise BatchError(f"{problem}; " + ", ".join(fixes))
 
 
 def _processes(n: int) -> str:

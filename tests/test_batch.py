@@ -48,6 +48,8 @@ def test_a_pinned_micro_batch_is_used_or_refused_with_the_fix() -> None:
         "pretrain.micro_batch 96 (pinned in params) x 32 processes does not divide pretrain.global_batch 2048; set "
         "pretrain.micro_batch to 64, change the global batch, or remove pretrain.micro_batch to let nepa choose"
     )
+    with pytest.raises(BatchError, match=r"^finetune.micro_batch 7 \(pinned in params\): Mixup pairs .* even one; set"):
+        split_batch(64, 7, 1, pinned=True, multiple=2, name="finetune")  # odd: what is wrong is said first
 
 
 def test_a_count_that_cannot_split_names_the_counts_that_can() -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nepa.config import Params, SlurmParams
+from nepa.layout import DOWNSTREAM, run_name
 from nepa.presets import (
     ABLATION_BATCH,
     ABLATION_STEPS,
@@ -34,7 +35,6 @@ from nepa.presets import (
 from nepa.report.paper import ABLATION_TABLES, BY_KEY, HEADLINE_TABLES, ROWS, PaperRow
 
 TARGETS = ("all", "ablations")
-DOWNSTREAM = ("finetune", "probe", "segment")
 GPU_STAGES = ("pretrain", *DOWNSTREAM)
 ONE_PROCESS = ("probe",)  # runs on rank 0 only: more than one GPU would idle
 # Sections a pretraining depends on: a fine-tune-only run may reuse another's pretraining only where they agree.
@@ -163,7 +163,7 @@ def plan_jobs(params: Params, targets: tuple[str, ...] = TARGETS) -> list[Job]:
              "report_ablations"]  # fmt: skip
 
     def run(size: str, variant: str, seed: int) -> str:
-        return f"{size}-{variant}" + (f"-s{seed}" if params.seeded else "") if size else ""
+        return run_name(size, variant, seed if params.seeded else None) if size else ""
 
     return [
         Job(

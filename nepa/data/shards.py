@@ -59,13 +59,13 @@ from PIL import Image
 from nepa.data.parallel import run_parallel
 from nepa.errors import UserError
 from nepa.files import atomic_path, atomic_write_text
+from nepa.layout import SPLITS
 
 FORMAT = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
 REENCODE_QUALITY = 90
 MANIFEST = "manifest.json"
 STAGING = ".staging"  # new shards wait here until the whole set is written
-SPLITS = {"imagenet": ("train", "val"), "ade20k": ("training", "validation")}
 SKIP_HINT = "or re-run with --skip-bad to leave it out and record it in the manifest"
 
 

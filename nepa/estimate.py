@@ -24,13 +24,10 @@ import contextlib
 import json
 import math
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from nepa.config import SIZES, Params, add_params_arguments, load_params
 from nepa.errors import UserError
@@ -247,8 +244,8 @@ KEPT_FROM_EMBEDDED = ("recipe", "variants", "ablation_variants", "results", "obj
 
 
 @contextlib.contextmanager
-def full_scale_params(args: argparse.Namespace) -> Iterator[tuple[Path, bool]]:
-    """A params file at scale full: --params itself (True) or, from an embedded one (False), its full-scale recipe
+def full_scale_params(args: argparse.Namespace) -> Iterator[tuple[Path | dict[str, Any], bool]]:
+    """Params at scale full: --params itself (True) or, from an embedded one (False), its full-scale recipe
     with what it sets of KEPT_FROM_EMBEDDED, at sizes base and large (its other sections hold the embedded
     schedule, which would win over the full-scale presets)."""
     own = load_params(args.params, tuple(args.overrides))
@@ -265,13 +262,10 @@ def full_scale_params(args: argparse.Namespace) -> Iterator[tuple[Path, bool]]:
         "model": {**kept.get("model", {}), "size": "base"},
         "data": {"imagenet_src": "unused-by-estimate", "ade20k_src": "unused-by-estimate"},
     }
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "params.yaml"
-        path.write_text(yaml.safe_dump(full))
-        yield path, False
+    yield full, False
 
 
-def plan_of(path: Path, overrides: tuple[str, ...], targets: tuple[str, ...]) -> Plan:
+def plan_of(path: Path | dict[str, Any], overrides: tuple[str, ...], targets: tuple[str, ...]) -> Plan:
     cache: dict[tuple[str, str, int], Params] = {}
 
     def resolve(size: str, variant: str, seed: int) -> Params:

@@ -18,9 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The repository's params.yaml in a temporary current directory, and a stand-in `sbatch` that records
-    each submission and refuses it (no SLURM runs here: tests/test_slurm.py submits to a real one)."""
-    shutil.copy(ROOT / "params.yaml", tmp_path)
+    """The repository's params.yaml with `launcher.kind: submitit` in a temporary current directory, and a
+    stand-in `sbatch` that records each submission and refuses it (no SLURM runs here: tests/test_slurm.py
+    submits to a real one)."""
+    text = (ROOT / "params.yaml").read_text()
+    assert "  kind: local" in text
+    (tmp_path / "params.yaml").write_text(text.replace("  kind: local", "  kind: submitit"))
     monkeypatch.chdir(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -31,7 +34,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("NEPA_LAUNCHER", "submitit")
     return tmp_path
 
 
@@ -88,7 +90,8 @@ def test_bad_sizes_counts_and_ratios_are_one_line(
     shutil.copy(ROOT / "params.yaml", params)
     assert nepa_main([verb, *args, "--params", str(params), "--set", assignment]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"nepa {verb}: error: {params}: ") and needle in err, err
+    # labelled where the value came from: --set, not the params file
+    assert err.startswith(f"nepa {verb}: error: --set") and needle in err and str(params) not in err, err
     assert "\n" not in err and "Traceback" not in err
 
 

@@ -89,6 +89,7 @@ class Task:
     # the EMA (or None); returns numbers for that step's metrics row, under the names in `eval_fields`.
     evaluate: Callable[[Ema | None], dict[str, float]] | None = None
     eval_fields: tuple[str, ...] = ()
+    eval_each_epoch: bool = True  # False: at the last step only (an evaluation that costs minutes)
 
 
 class LossModule(nn.Module):
@@ -344,7 +345,8 @@ class Trainer:
 
                 signum = preemption.agreed()
                 checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == plan_.stop_step or signum
-                eval_due = self.task.evaluate is not None and (state.batch == 0 or state.step == plan_.stop_step)
+                epoch_end = state.batch == 0 and self.task.eval_each_epoch
+                eval_due = self.task.evaluate is not None and (epoch_end or state.step == plan_.stop_step)
                 if state.step % cfg.log_every == 0 or checkpoint_due or eval_due:
                     if bad_step := guard.first_bad():
                         return self._stop_nonfinite(bad_step)

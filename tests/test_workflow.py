@@ -31,17 +31,18 @@ def test_rendered_files_are_current() -> None:
         assert path.read_text() == text, f"{path} is stale: run `python -m nepa.pipeline`"
 
 
-Jobs = tuple[dict[str, str], set[tuple[str, str]], dict[str, set[str]]]
+Jobs = tuple[dict[str, str], set[tuple[str, str]], dict[str, set[str]], dict[str, set[str]]]
 
 
 def snakemake_jobs(cwd: Path = ROOT, *targets: str) -> Jobs:
-    """(job -> shell command, edges, job -> input paths) of Snakemake's `targets` (default: the default one),
+    """(job -> shell command, edges, job -> input paths, job -> output paths) of Snakemake's `targets` (default:
+    the default one),
     jobs named like DVC's (rule@size-variant, rule@size-variant-sSEED where runs are per seed). A command's
     redirection of its output into its log under logs/ is checked and taken off: that is where Snakemake keeps a
     stage's output, while DVC shows it on the terminal.
 
     --forceall: the whole DAG, whatever outputs already exist (DVC's dag lists every stage too)."""
-    names, commands, inputs = {}, {}, {}
+    names, commands, inputs, outputs = {}, {}, {}, {}
     for block in run("snakemake", "-n", "-p", "--forceall", "--cores", "1", *targets, cwd=cwd).split("\nrule ")[1:]:
         rule = block.split(":", 1)[0]
         jobid = int(re.search(r"jobid: (\d+)", block)[1])
@@ -57,9 +58,10 @@ def snakemake_jobs(cwd: Path = ROOT, *targets: str) -> Jobs:
             commands[job] = command
             listed = re.search(r"^    input: (.+)$", block, re.MULTILINE)
             inputs[job] = set(listed[1].split(", ")) if listed else set()
+            outputs[job] = set(re.search(r"^    output: (.+)$", block, re.MULTILINE)[1].split(", "))
     dag = json.loads(run("snakemake", "--d3dag", "--forceall", "--cores", "1", *targets, cwd=cwd))
     edges = {(names[e["u"]], names[e["v"]]) for e in dag["edges"]}
-    return commands, {(a, b) for a, b in edges if a in commands and b in commands}, inputs
+    return commands, {(a, b) for a, b in edges if a in commands and b in commands}, inputs, outputs
 
 
 DVC_LISTING = """
@@ -67,30 +69,40 @@ from dvc.dependency import ParamsDependency
 from dvc.repo import Repo
 for s in Repo(".").index.stages:
     deps = [d.def_path for d in s.deps if not isinstance(d, ParamsDependency)]
-    print(s.addressing, "|", s.cmd, "|", ",".join(deps))
+    outs = [o.def_path + (" (update)" if o.persist else "") for o in s.outs]  # Snakemake's flag for persist
+    print(s.addressing, "|", s.cmd, "|", ",".join(deps), "|", ",".join(outs))
 """
 
 
 def dvc_jobs(cwd: Path = ROOT) -> Jobs:
-    """(stage -> command, edges, stage -> dependency paths, params aside) of dvc.yaml."""
+    """(stage -> command, edges, stage -> dependency paths (params aside), stage -> outputs) of dvc.yaml."""
     dot = run("dvc", "dag", "--dot", cwd=cwd)
     edges = set(re.findall(r'"([^"]+)" -> "([^"]+)"', dot))
     rows = [line.split(" | ") for line in run(sys.executable, "-c", DVC_LISTING, cwd=cwd).strip().splitlines()]
-    commands = {name: cmd for name, cmd, _ in rows}
-    deps = {name: set(filter(None, paths.split(","))) for name, _, paths in rows}
-    return commands, edges, deps
+    commands = {name: cmd for name, cmd, _, _ in rows}
+    deps = {name: set(filter(None, paths.split(","))) for name, _, paths, _ in rows}
+    outs = {name: set(paths.split(",")) for name, _, _, paths in rows}
+    return commands, edges, deps, outs
 
 
 def test_snakemake_and_dvc_build_the_same_dag() -> None:
-    """The same commands, edges and inputs: a change of an input or a command re-runs the same stages in both
-    (the nepa code is an input of neither: nepa/pipeline.py says why)."""
-    snake_commands, snake_edges, snake_inputs = snakemake_jobs()
-    dvc_commands, dvc_edges, dvc_deps = dvc_jobs()
+    """The same commands, edges, inputs and outputs: a change of an input or a command re-runs the same stages in
+    both (the nepa code is an input of neither: nepa/pipeline.py says why)."""
+    snake_commands, snake_edges, snake_inputs, snake_outputs = snakemake_jobs()
+    dvc_commands, dvc_edges, dvc_deps, dvc_outs = dvc_jobs()
     assert snake_commands == dvc_commands
     assert snake_edges == dvc_edges
     assert snake_inputs == dvc_deps
+    assert snake_outputs == dvc_outs
     assert ("pretrain@tiny-nepa", "export@tiny-nepa") in dvc_edges
     assert dvc_deps["finetune@tiny-nepa"] == {"runs/tiny-nepa/export", "data/shards/imagenet"}
+
+
+def set_params(path: Path, *assignments: str) -> None:
+    """Change params.yaml as `dvc exp run -S` does (DVC's own code: keys must exist, the rest of the file stays)."""
+    from dvc.utils.hydra import apply_overrides
+
+    apply_overrides(str(path), list(assignments))
 
 
 def copy_workflow(folder: Path) -> Path:
@@ -108,8 +120,8 @@ def copy_workflow(folder: Path) -> Path:
 def test_dag_grows_with_sizes_and_variants(tmp_path: Path) -> None:
     """Both tools expand the per-model stages over params' sizes x variants the same way."""
     copy_workflow(tmp_path)
-    text = (ROOT / "params.yaml").read_text().replace("variants: [nepa]", "variants: [nepa, no_stop_grad]")
-    (tmp_path / "params.yaml").write_text(text)
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    set_params(tmp_path / "params.yaml", "variants=[nepa,no_stop_grad]")
     run("git", "init", "-q", cwd=tmp_path)
     run(sys.executable, "-m", "nepa.pipeline", str(tmp_path), cwd=tmp_path)
     dvc = dvc_jobs(tmp_path)

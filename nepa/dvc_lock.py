@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ROUTED = ("launcher.",)  # `--set` values that do not change what a stage computes
+STAGE_OPTIONS = ("--size", "--variant", "--set")  # the options of dvc.yaml's commands
 WAIT_S = 120  # another stage may be recording (DVC holds its repository lock for seconds)
 
 
@@ -46,7 +47,10 @@ def record(verb: str, argv: list[str], root: Path = Path(".")) -> None:
     a failure to record is one line on stderr, never a failed stage."""
     if not recorder(os.environ) or not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
         return
-    from dvc.exceptions import DvcException, LockError
+    if any(word.startswith("--") and word.split("=")[0] not in STAGE_OPTIONS for word in argv):
+        return  # --params, --out, --init...: no command of dvc.yaml (nepa/pipeline.py), known without DVC
+    from dvc.exceptions import DvcException
+    from dvc.lock import LockError
     from dvc.repo import Repo
 
     command = dvc_command(verb, argv)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from nepa import layout
 from nepa.config import Params
 from nepa.engine.checkpoint import EMA_FILE, latest_checkpoint, online_weights, read_state
 from nepa.engine.pretrain import stage_folder
@@ -25,15 +26,27 @@ from nepa.official import write_official
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", choices=["ema", "online"], default="ema", help="default: %(default)s")
-    parser.add_argument("--format", choices=["nepa", "official"], default="nepa", help="default: %(default)s")
+    parser.add_argument(
+        "--weights",
+        choices=["ema", "online"],
+        default="ema",
+        help="the latest checkpoint's EMA weights (what downstream stages use) or its online weights "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["nepa", "official"],
+        default="nepa",
+        help="nepa: model.safetensors + config.json + README.md, loaded by timm.create_model(name, "
+        "pretrained=FILE); official: the released SixAILab/nepa-* layout (default: %(default)s)",
+    )
     parser.add_argument(
         "--out", type=Path, help="output folder (default: {runs}/{run}/export, official: …/export/official)"
     )
 
 
 def main(args: argparse.Namespace, params: Params) -> int:
-    folder = stage_folder(params) / "checkpoints"
+    folder = stage_folder(params) / layout.CHECKPOINTS
     latest = latest_checkpoint(folder)
     if latest is None:
         raise UserError(f"{folder}: no checkpoint; run `nepa pretrain` with the same params first")
@@ -45,7 +58,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
     else:
         weights = online_weights(latest)
     cfg = NepaConfig(**json.loads(state.card["nepa_config"]))
-    export = Path(params.runs) / params.run_name / "export"
+    export = Path(layout.stage_dir(params.runs, params.run_name, layout.EXPORT))
     out = args.out or (export / "official" if args.format == "official" else export)
     if args.format == "official":
         write_official(weights, cfg, out)

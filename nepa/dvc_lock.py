@@ -10,6 +10,7 @@ dvc.yaml does not say, and is not recorded; neither is a stage that DVC runs its
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -54,6 +55,7 @@ def record(verb: str, argv: list[str], root: Path = Path(".")) -> None:
     from dvc.repo import Repo
 
     command = dvc_command(verb, argv)
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # its "Updating lock file": the line below says it
     deadline = time.monotonic() + WAIT_S
     while True:
         try:

@@ -47,12 +47,12 @@ class Stage:
     deps: tuple[str, ...]  # paths read (besides params)
     outs: tuple[str, ...]  # paths written, versioned by DVC (folders end without a slash)
     params: tuple[str, ...]  # params.yaml sections the stage reads
-    metrics: tuple[str, ...] = ()  # numbers only (scores.json): `dvc metrics`, `dvc exp show`
+    # numbers only (scores.json): `dvc metrics`, `dvc exp show`. In the DVC cache like every output under runs/
+    # (which git ignores): so DVC finds each experiment's numbers and curves, not only the workspace's.
+    metrics: tuple[str, ...] = ()
     curves: tuple[str, ...] = ()  # metrics.csv: the dvc.yaml plots (PLOTS) draw their columns
     per_model: bool = False  # one instance per (size, variant)
-    # small files kept in git, not the DVC cache: the report's documents, a stage's metrics.json (its numbers
-    # with their provenance), its curves
-    extra_outs: tuple[str, ...] = field(default=())
+    extra_outs: tuple[str, ...] = field(default=())  # small files kept in git, not the DVC cache: the report's
     # Outputs a re-run continues instead of replacing (checkpoints: resume after an interruption).
     # DVC: persist: true; Snakemake: update(). The engine itself refuses checkpoints of other params.
     persist: tuple[str, ...] = ()
@@ -60,19 +60,18 @@ class Stage:
 
 def model_stage(verb: str, deps: tuple[str, ...], params: tuple[str, ...], trains: bool = True) -> Stage:
     """A stage of one (size, variant): one that trains (on the engine) resumes its checkpoints; each writes its
-    numbers (scores.json), their record (metrics.json) and its curve (metrics.csv)."""
+    numbers with their provenance (metrics.json), the numbers alone (scores.json) and its curve (metrics.csv)."""
     folder = layout.stage_dir("{runs}", "{run}", verb)
     trained = (f"{folder}/{layout.CHECKPOINTS}",) if trains else ()
     return Stage(
         verb,
         f"nepa {verb} --size {{size}} --variant {{variant}}{{seedarg}}",
         deps=deps,
-        outs=trained,
+        outs=(*trained, f"{folder}/{layout.METRICS}"),
         persist=trained,
         params=params,
         metrics=(f"{folder}/{layout.SCORES}",),
         curves=(f"{folder}/{layout.CURVE}",),
-        extra_outs=(f"{folder}/{layout.METRICS}",),
         per_model=True,
     )
 
@@ -177,7 +176,7 @@ def fill(template: str, params: Params, size: str = "", variant: str = "", seed:
 def job_paths(job: Job, params: Params) -> list[str]:
     """What a job of the plan leaves that the report reads or a target asks for: metrics, curves, the export."""
     s = stage(job.stage)
-    kept = [t for t in (*s.extra_outs, *s.curves, *s.outs) if not t.endswith(f"/{layout.CHECKPOINTS}")]
+    kept = [t for t in (*s.outs, *s.curves) if not t.endswith(f"/{layout.CHECKPOINTS}")]
     return [fill(t, params, job.size, job.variant, job.seed) for t in kept]
 
 
@@ -237,14 +236,14 @@ def dvc_stage(s: Stage, params: Params) -> dict[str, Any]:
     if deps:
         body["deps"] = deps
     body["params"] = list(s.params)
-    uncached = (*s.extra_outs, *s.curves)
-    if s.outs or uncached:
+    if s.outs or s.extra_outs:
         outs: list[Any] = [
-            {_dvc_path(o, params): {"persist": True}} if o in s.persist else _dvc_path(o, params) for o in s.outs
+            {_dvc_path(o, params): {"persist": True}} if o in s.persist else _dvc_path(o, params)
+            for o in (*s.outs, *s.curves)
         ]
-        body["outs"] = outs + [{_dvc_path(o, params): {"cache": False}} for o in uncached]
+        body["outs"] = outs + [{_dvc_path(o, params): {"cache": False}} for o in s.extra_outs]
     if s.metrics:
-        body["metrics"] = [{_dvc_path(m, params): {"cache": False}} for m in s.metrics]
+        body["metrics"] = [_dvc_path(m, params) for m in s.metrics]
     return {"foreach": dvc_runs(s, params), "do": body} if s.per_model else body
 
 

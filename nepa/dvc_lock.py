@@ -2,6 +2,10 @@
 would have recorded it: DVC then knows its outputs, so `dvc repro` and `dvc exp run` re-run only what changed
 after it and never delete work they did not record.
 
+And the other way round, `recorded`: under DVC, a stage whose checkpoints (persist: a re-run resumes them) are
+of other params may start over only where DVC holds them (an experiment that changes a fine-tuning param), never
+where it does not (a run of other params that nobody recorded: the engine refuses those in one line).
+
 A verb records its stage when it succeeded and its command line is the dvc.yaml stage's command, give or take
 `--set launcher.*` (where the stage ran, not what it computed: the slurm profile adds it). Any other command
 (other params through `--set` or Snakemake's `--config`, another --params, --out, --init) computed something
@@ -41,6 +45,21 @@ def recorder(environ: Mapping[str, str]) -> bool:
     """Whether this process records its stage: not one that DVC runs (DVC records it), and one process per run:
     rank 0 of a launch, the verb that submitted a SLURM job rather than the job's tasks."""
     return not environ.get("DVC_STAGE") and not environ.get("SUBMITIT_EXECUTOR") and environ.get("RANK", "0") == "0"
+
+
+def recorded(path: Path, root: Path = Path(".")) -> bool:
+    """Whether DVC runs this process and dvc.lock records `path` as it is, its content in DVC's cache."""
+    if not os.environ.get("DVC_STAGE"):
+        return False
+    from dvc.repo import Repo
+
+    target = path.resolve()
+    with Repo(str(root)) as repo:
+        outs = [out for stage in repo.index.stages for out in stage.outs if Path(out.fs_path) == target]
+        return any(
+            out.hash_info.value and not out.changed_checksum() and repo.cache.local.exists(out.hash_info.value)
+            for out in outs
+        )
 
 
 def record(verb: str, argv: list[str], root: Path = Path(".")) -> None:

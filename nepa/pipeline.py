@@ -59,19 +59,21 @@ class Stage:
 
 
 def model_stage(verb: str, deps: tuple[str, ...], params: tuple[str, ...], trains: bool = True) -> Stage:
-    """A stage of one (size, variant): one that trains (on the engine) resumes its checkpoints; each writes its
-    numbers with their provenance (metrics.json), the numbers alone (scores.json) and its curve (metrics.csv)."""
+    """A stage of one (size, variant): one that trains (on the engine) resumes its checkpoints, and its curve
+    with them; each writes its numbers with their provenance (metrics.json), the numbers alone (scores.json) and
+    its curve (metrics.csv)."""
     folder = layout.stage_dir("{runs}", "{run}", verb)
     trained = (f"{folder}/{layout.CHECKPOINTS}",) if trains else ()
+    curve = f"{folder}/{layout.CURVE}"
     return Stage(
         verb,
         f"nepa {verb} --size {{size}} --variant {{variant}}{{seedarg}}",
         deps=deps,
         outs=(*trained, f"{folder}/{layout.METRICS}"),
-        persist=trained,
+        persist=(*trained, curve) if trains else (),
         params=params,
         metrics=(f"{folder}/{layout.SCORES}",),
-        curves=(f"{folder}/{layout.CURVE}",),
+        curves=(curve,),
         per_model=True,
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +29,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from nepa.dvc_lock import recorded
 from nepa.engine import faults, rng
 from nepa.engine.checkpoint import ELASTIC_STAGES, Checkpoints, TrainState, read_state
 from nepa.engine.distributed import DistEnv, several_processes
@@ -207,6 +209,8 @@ class Trainer:
             ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env)
+        if env.is_main:
+            self._start_over_where_dvc_holds_other_params()
         self.checkpoints.tidy()
         self.resume = self.checkpoints.latest()
         written = read_state(self.resume) if self.resume else None
@@ -226,6 +230,16 @@ class Trainer:
         )
         self.ema = Ema(task.model, cfg.ema_decay) if cfg.ema_decay else None  # after ZeRO-3 partitioned it
         self.metrics: MetricsLog | None = None  # rank 0's, from the start of fit()
+
+    def _start_over_where_dvc_holds_other_params(self) -> None:
+        """`dvc exp run -S finetune.base_lr=…` re-runs a stage whose checkpoints (kept: a re-run resumes them)
+        are of the old params: they go where dvc.lock records them as they are (DVC's cache holds them); other
+        checkpoints of other params the engine refuses in one line (_start)."""
+        folder, latest = self.checkpoints.folder, self.checkpoints.latest()
+        if latest is None or read_state(latest).resume_key == self.cfg.resume_key or not recorded(folder):
+            return
+        self._say(f"{folder}: checkpoints of other params, which DVC holds (dvc.lock); starting over")
+        shutil.rmtree(folder)
 
     def _say(self, message: str) -> None:
         if self.env.is_main:  # on a line of its own, not after the progress bar

@@ -10,7 +10,7 @@ rule finetune:
         checkpoints=update(directory(f"{FINETUNE}/checkpoints")),
         metrics=f"{FINETUNE}/metrics.json",
         scores=f"{FINETUNE}/scores.json",
-        curve=f"{FINETUNE}/metrics.csv",
+        curve=update(f"{FINETUNE}/metrics.csv"),  # continued by a resumed run
     log:
         f"logs/finetune/{RUN}.log",
     params:
@@ -55,7 +55,7 @@ rule segment:
         checkpoints=update(directory(f"{SEGMENT}/checkpoints")),
         metrics=f"{SEGMENT}/metrics.json",
         scores=f"{SEGMENT}/scores.json",
-        curve=f"{SEGMENT}/metrics.csv",
+        curve=update(f"{SEGMENT}/metrics.csv"),  # continued by a resumed run
     log:
         f"logs/segment/{RUN}.log",
     params:

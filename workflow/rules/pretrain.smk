@@ -8,7 +8,7 @@ rule pretrain:
         checkpoints=update(directory(f"{PRETRAIN}/checkpoints")),  # kept: a re-run resumes from them
         metrics=f"{PRETRAIN}/metrics.json",
         scores=f"{PRETRAIN}/scores.json",
-        curve=f"{PRETRAIN}/metrics.csv",
+        curve=update(f"{PRETRAIN}/metrics.csv"),  # continued by a resumed run
     log:
         f"logs/pretrain/{RUN}.log",
     params:

@@ -463,7 +463,7 @@ def _one_line(error: ValidationError, layers: list[_Layer]) -> str:
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key {key!r}; see the documented keys in params.yaml"
     # params.yaml:12: pretrain.epochs: ... | --set pretrain.epochs: ... | a check across keys: --set: ...
-    head = where if not key else f"{where}: {key}" if source.text is not None else f"{where} {key}"
+    head = where if not key else f"{where} {key}" if where.startswith("--") else f"{where}: {key}"
     if first["type"] == "value_error":  # a validator's message; one across keys (no key) names the keys itself
         return f"{head}: {message}"
     return f"{head}: {message} (got {first.get('input')!r})"

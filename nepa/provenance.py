@@ -65,13 +65,14 @@ def hardware() -> str:
     return f"CPU {cpu} ({os.cpu_count()} cores)"
 
 
-# Each stage's headline numbers, {stage: {name in scores.json: its metric}}: a few per stage, so that
-# `dvc exp show` fits a terminal (DVC shows them as pretrain.loss, finetune.top1...).
+# Each stage's headline number, {stage: {name in scores.json: its metric}}: one per stage, so that `dvc exp show`
+# fits a terminal beside the params an experiment changed (DVC shows them as pretrain.loss, finetune.top1...);
+# every other number is in metrics.json.
 HEADLINES = {
     "pretrain": {"loss": "final_loss"},
-    "finetune": {"top1": "val_top1", "top5": "val_top5"},
-    "probe": {"top1_last": "val_top1_last", "top1_mean": "val_top1_mean"},
-    "segment": {"miou": "val_miou", "pixel_acc": "val_pixel_acc"},
+    "finetune": {"top1": "val_top1"},  # of the weights finetune.report names
+    "probe": {"top1_last": "val_top1_last"},  # of the last embedding (paper Table 6)
+    "segment": {"miou": "val_miou"},
 }
 
 

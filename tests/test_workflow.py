@@ -150,3 +150,53 @@ def test_named_targets_resolve(target: str) -> None:
     assert "Job stats" in dry or "Nothing to be done" in dry
     if target == "ablations":
         assert "variant=no_stop_grad" in dry and "variant=mask_60" in dry
+
+
+def test_snakemake_lint_passes() -> None:
+    run("snakemake", "--lint")
+
+
+def test_config_values_reach_the_stages_that_read_them() -> None:
+    """`--config` (nested values in Snakemake's syntax) reaches each verb that reads it, as `--set`: those
+    stages re-run; the DAG follows sizes and variants; the slurm profile's launcher reaches every stage."""
+    commands = snakemake_jobs(ROOT, "--config", "seed=5", "probe={epochs: 3}")[0]
+    assert commands["pretrain@tiny-nepa"] == "nepa pretrain --size tiny --variant nepa --set seed=5"
+    assert commands["probe@tiny-nepa"] == "nepa probe --size tiny --variant nepa --set seed=5 --set probe.epochs=3"
+    assert commands["export@tiny-nepa"] == "nepa export --size tiny --variant nepa"  # it reads neither
+    small = snakemake_jobs(ROOT, "--config", 'sizes=["small"]')[0]
+    assert "finetune@small-nepa" in small and not [job for job in small if "@tiny-" in job]
+    assert small["report"] == "nepa report --set 'sizes=[\"small\"]'"
+    on_slurm = snakemake_jobs(ROOT, "--profile", "workflow/profiles/slurm", "--config", "seed=5")[0]
+    assert on_slurm["export@tiny-nepa"] == "nepa export --size tiny --variant nepa --set launcher.kind=submitit"
+    assert on_slurm["pretrain@tiny-nepa"].endswith(" --set seed=5 --set launcher.kind=submitit")
+
+
+@pytest.mark.parametrize(
+    ("config", "line"),
+    [
+        ("bogus=1", "nepa: --config: unknown key 'bogus'; see the documented keys in params.yaml"),
+        ("pretrain={epoch: 3}", "nepa: --config: unknown key 'pretrain.epoch'; see the documented keys in params.yaml"),
+        ("pretrain={epochs: x}", "nepa: --config pretrain.epochs: Input should be a valid number (got 'x')"),
+        ("variant=no_causal", "nepa: --config variant: not a workflow setting: the workflow runs `variants`"),
+        ("dvc_remote=/x", "nepa: --config dvc_remote: not a workflow setting: `dvc push` reads its remote"),
+    ],
+)
+def test_config_no_stage_could_honour_is_one_line(config: str, line: str) -> None:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run(["snakemake", "-n", "--cores", "1", "--config", config], cwd=ROOT, env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    [said] = [text for text in out.stderr.splitlines() if text.startswith("nepa:")]
+    assert said.startswith(line) and "Traceback" not in out.stderr and "Job stats" not in out.stdout, out.stderr
+
+
+def test_a_params_file_that_is_not_yaml_is_one_line_with_its_line(tmp_path: Path) -> None:
+    copy_workflow(tmp_path)
+    text = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("  epochs: preset", "  epochs: [preset", 1))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr[-2000:]
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if row == "  epochs: preset")
+    [said] = [text for text in out.stderr.splitlines() if text.startswith("nepa:")]
+    assert said.startswith(f"nepa: params.yaml:{line + 1}: not valid YAML"), said

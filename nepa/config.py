@@ -389,6 +389,17 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted key: value}, the inverse of parse_set (an empty mapping is a value)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def parse_set(assignment: str, source: str = "--set") -> dict[str, Any]:
     """`pretrain.epochs=5` -> {"pretrain": {"epochs": 5}}, the value parsed as YAML."""
     key, sep, value = assignment.partition("=")

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from nepa import layout
-from nepa.config import PRESET, Params, load_params
+from nepa.config import PRESET, Params, flat, load_params
 from nepa.errors import UserError
 from nepa.files import atomic_write_text
 from nepa.plan import Job, plan_jobs
@@ -293,16 +293,10 @@ REFUSED = {
 }
 
 
-def _assignments(config: Mapping[str, Any], prefix: str = "") -> list[str]:
+def _assignments(config: Mapping[str, Any]) -> list[str]:
     """Snakemake's config as `section.key=value` assignments, the values as YAML (Snakemake reads a nested
     --config value's scalars as strings, which --set parses as YAML again: 'pretrain={base_lr: 1e-3}' is 0.001)."""
-    out = []
-    for key, value in config.items():
-        if isinstance(value, Mapping) and value:
-            out += _assignments(value, f"{prefix}{key}.")
-        else:
-            out.append(f"{prefix}{key}={value if isinstance(value, str) else json.dumps(value)}")
-    return out
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in flat(config).items()]
 
 
 def workflow_params(path: str | Path, config: Mapping[str, Any]) -> tuple[Params, list[str]]:

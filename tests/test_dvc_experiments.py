@@ -16,6 +16,8 @@ import yaml
 from test_pipeline_runs import project_copy
 from test_workflow import copy_workflow, run
 
+from nepa.config import flat
+
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = "runs/tiny-nepa/pretrain/checkpoints"
 # The README's command for a readable `dvc exp show` (tests/test_dvc_experiments.py keeps it honest).
@@ -99,16 +101,6 @@ def test_every_documented_key_is_an_experiment_parameter(tmp_path: Path) -> None
     assert "Queued" in queued, queued
 
 
-def leaves(data: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            keys += leaves(value, f"{prefix}{key}.")
-        else:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
 def test_dvc_sets_any_documented_key_and_changes_only_its_line(tmp_path: Path) -> None:
     """DVC's own -S code (Hydra's override grammar, without `+`) takes every key of params.yaml; a value set
     so changes its line and no other (comments, lists and empty values stay as written)."""
@@ -116,7 +108,7 @@ def test_dvc_sets_any_documented_key_and_changes_only_its_line(tmp_path: Path) -
 
     params = tmp_path / "params.yaml"
     original = (ROOT / "params.yaml").read_text()
-    keys = leaves(yaml.safe_load(original))
+    keys = list(flat(yaml.safe_load(original)))
     assert {"pretrain.base_lr", "probe.epochs", "launcher.slurm.partition", "data.imagenet_src"} <= set(keys)
     for key in keys:
         params.write_text(original)

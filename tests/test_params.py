@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from nepa.cli import main as nepa_main
-from nepa.config import PRESET, Params, SlurmParams, load_params
+from nepa.config import PRESET, Params, SlurmParams, flat, load_params
 from nepa.errors import UserError
 from nepa.presets import ABLATION_STEPS, ABLATIONS, EMBEDDED, ablation_schedule, full_scale, recipe_knobs
 
@@ -126,32 +126,22 @@ def test_set_overrides_and_scientific_notation(tmp_path: Path) -> None:
     assert params.pretrain.base_lr == 1e-3 and params.pretrain.epochs == 3 and params.objective.mask_ratio == 0.4
 
 
-def _leaves(data: dict, prefix: str = "") -> dict[str, object]:
-    """{dotted key: value}; a mapping of names (launcher.stages, extra_sbatch) or `{}` is one leaf."""
-    out: dict[str, object] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value and not key.endswith(("stages", "extra_sbatch")):
-            out |= _leaves(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _preset_keys() -> set[str]:
     """Every key a preset beneath params.yaml may set (any scale, recipe, size, Table 1 schedule), and
     launcher.slurm's keys (the full-scale stage resources are resolved over them)."""
     layers = [EMBEDDED, *(ablation_schedule(t, s) for t in ABLATION_STEPS for s in ("embedded", "full"))]
     layers += [f(r, z) for f in (full_scale, recipe_knobs) for r in ("paper", "official") for z in ("base", "large")]
     layers += [recipe_knobs(r, "tiny") for r in ("paper", "official")]
-    keys = {key for layer in layers for key in _leaves(layer)} - {"launcher.stages"}  # a mapping: {} adds nothing
+    # launcher.stages and extra_sbatch are mappings of names, where params.yaml's {} adds nothing to the preset's
+    keys = {key for layer in layers for key in flat(layer) if not key.startswith(("launcher.stages", "launcher.slurm"))}
     return keys | {f"launcher.slurm.{k}" for k in SlurmParams.model_fields if k != "extra_sbatch"}
 
 
 def test_params_yaml_lists_every_key_and_marks_what_the_preset_decides() -> None:
     """Every documented key is in params.yaml (so that `dvc exp run -S key=value` needs no `+`), `preset` exactly
     where a preset may set it; every other value is the default: the file says nothing a minimal one does not."""
-    listed = _leaves(yaml.load((ROOT / "params.yaml").read_text(), Loader=yaml.SafeLoader))
-    assert listed.keys() == _leaves(Params().model_dump(mode="json")).keys()
+    listed = flat(yaml.load((ROOT / "params.yaml").read_text(), Loader=yaml.SafeLoader))
+    assert listed.keys() == flat(Params().model_dump(mode="json")).keys()
     assert {key for key, value in listed.items() if value == PRESET} == _preset_keys()
 
 

@@ -104,9 +104,7 @@ def test_the_launcher_is_a_params_key_not_the_environment(workdir: Path, monkeyp
 def test_bad_params_fail_before_any_job_is_submitted(workdir: Path) -> None:
     out = nepa("params", *SUBMITIT, "--set", "pretrain.epochs=x")
     assert out.returncode == 2
-    assert out.stderr.strip() == (
-        "nepa params: error: --set pretrain.epochs: Input should be a valid number (got 'x')"
-    )
+    assert out.stderr.strip() == ("nepa params: error: --set pretrain.epochs: Input should be a valid number (got 'x')")
     assert not (workdir / "runs").exists()
 
 

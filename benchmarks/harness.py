@@ -35,7 +35,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from nepa import models
-from nepa.config import ModelParams
+from nepa.config import ModelParams, linear_scaled_lr
 from nepa.engine.host_memory import keep_freed_memory
 from nepa.engine.optim import param_groups
 from nepa.estimate import training_flops
@@ -226,7 +226,7 @@ def engine_parts(
         warmup_epochs=0,
         global_batch=batch,
         micro_batch=batch,
-        base_lr=3e-4,
+        lr=linear_scaled_lr(3e-4, batch),  # pretraining's base lr
         betas=(0.9, 0.95),
         weight_decay=0.05,
         grad_clip=1.0,

@@ -6,7 +6,7 @@ Resolution, later wins:
      model, CPU, minutes), at `scale: full` the full-scale recipe of `recipe` (paper | official) for the model
      size; Table 1's schedule for its variants; the knobs where paper and official code disagree (docs/paper.md);
   3. params.yaml (or the mapping given), where a key is not `preset`;
-  4. the ablation `variant` (nepa/presets.py ABLATIONS), which defines the experiment;
+  4. the ablation `variant` (nepa/variants.py), which defines the experiment;
   5. `--set section.key=value` on the command line (Snakemake: `--config`), and `--size`.
 An unknown key or a wrong type is one line naming the key and where it was set: the file and line, `--set` or
 `--config` (exit 2).
@@ -37,16 +37,8 @@ from pydantic import (
 
 from nepa import layout
 from nepa.errors import UserError
-from nepa.presets import (
-    ABLATION_TABLE,
-    ABLATION_VARIANTS,
-    ABLATIONS,
-    EMBEDDED,
-    ablation_schedule,
-    full_scale,
-    pretraining_source,
-    recipe_knobs,
-)
+from nepa.presets import EMBEDDED, ablation_schedule, full_scale, recipe_knobs
+from nepa.variants import VARIANTS, default_ablations, pretraining_source
 from nepa.verbs import STAGES
 
 
@@ -71,8 +63,8 @@ Size = Literal[*SIZES]  # type: ignore[valid-type]
 
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # a rate or decay in [0, 1)
 UnitInterval = Annotated[float, Field(gt=0, le=1)]  # a share or multiplier in (0, 1]
-# A key that changes how a run is observed or stopped, not its weights: a checkpoint resumes across a change
-# of it (nepa.engine.checkpoint.resume_key leaves these out).
+# A key that changes how a run is observed, stopped or held in memory, not its weights: a checkpoint resumes
+# across a change of it (nepa.engine.checkpoint.resume_key leaves these out).
 OPERATIONAL = Field(json_schema_extra={"operational": True})
 
 
@@ -88,8 +80,11 @@ class Section(BaseModel):
 
 class DataParams(Section):
     root: str = "data"  # prepared shards and the embedded raw layouts live below this folder
-    imagenet_src: str | None = None  # full scale: the ImageNet-1K folder holding train/ and val/
-    ade20k_src: str | None = None  # full scale: the ADEChallengeData2016 folder
+    imagenet_src: str | None = None  # full scale: ImageNet-1K as held: tree, tars, Kaggle, HF (docs/datasets.md)
+    ade20k_src: str | None = None  # full scale: the ADEChallengeData2016 folder or zip, or HF scene_parse_150
+    # ImageNet class folders / ClassLabel names that are not synset ids: `standard` (0..999, the standard index)
+    # or a JSON file mapping each to its synset id (nepa/data/imagenet_forms.py); unset: they are refused
+    class_index: str | None = None
     fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
     embedded_image_size: PositiveInt = 32  # Fashion-MNIST 28x28 padded into an ImageNet-style RGB image
     embedded_scene_size: PositiveInt = 64  # ADE20K-style canvas holding 2-4 Fashion-MNIST items
@@ -142,6 +137,11 @@ class Objective(Section):
     mask_ratio: Fraction = 0.0  # replace this share of input patch embeddings by a learned mask token
 
 
+def linear_scaled_lr(base_lr: float, global_batch: int) -> float:
+    """MAE's and the paper's rule: a batch of `global_batch` trains at base_lr x global_batch / 256."""
+    return base_lr * global_batch / 256
+
+
 class TrainingParams(Section):
     """What every training stage (pretrain, finetune, segment) gives the engine (nepa/engine/trainer.py).
 
@@ -160,6 +160,10 @@ class TrainingParams(Section):
     keep_last: Annotated[PositiveInt, OPERATIONAL] = 2
     log_every: Annotated[PositiveInt, OPERATIONAL] = 10
     num_workers: Annotated[NonNegativeInt, OPERATIONAL] = 2
+    # Gradient checkpointing: blocks keep only their input and recompute the rest in the backward pass (ViT-B on
+    # CPU: results/grad_checkpointing.md). The same gradients bit for bit, so a run that ran out of memory resumes
+    # with it switched on.
+    grad_checkpointing: Annotated[bool, OPERATIONAL] = False
 
 
 class EpochTrainingParams(TrainingParams):
@@ -169,6 +173,11 @@ class EpochTrainingParams(TrainingParams):
     warmup_epochs: NonNegativeFloat = 1
     max_steps: Annotated[PositiveInt | None, OPERATIONAL] = None  # stop early; the schedule still spans `epochs`
     base_lr: NonNegativeFloat = 1e-3  # lr = base_lr * global_batch / 256; 0: a control run (initial weights)
+
+    @property
+    def lr(self) -> float:
+        """The peak lr the stage trains at (the engine is handed it as it is)."""
+        return linear_scaled_lr(self.base_lr, self.global_batch)
 
 
 class PretrainParams(EpochTrainingParams):
@@ -212,6 +221,10 @@ class ProbeParams(Section):
     weight_decay: NonNegativeFloat = 0.0
     poolings: Annotated[tuple[Literal["last", "mean"], ...], Field(min_length=1)] = ("last", "mean")
     num_workers: NonNegativeInt = 2
+
+    @property
+    def lr(self) -> float:
+        return linear_scaled_lr(self.base_lr, self.global_batch)
 
 
 class SegmentParams(TrainingParams):
@@ -299,10 +312,10 @@ class LauncherParams(Section):
 class Params(Section):
     recipe: Literal["paper", "official"] = "paper"
     scale: Literal["embedded", "full"] = "embedded"
-    variant: str = "nepa"  # an ablation from nepa/presets.py ABLATIONS; "nepa" is the method itself
+    variant: str = "nepa"  # an ablation from nepa/variants.py; "nepa" is the method itself
     sizes: tuple[Size, ...] = ("tiny",)  # model sizes the DAG runs; a stage runs model.size
     variants: tuple[str, ...] = ("nepa",)  # variants the DAG runs for every size (the report's rows)
-    ablation_variants: tuple[str, ...] = ABLATION_VARIANTS  # what `snakemake ablations` runs (Table 1, appendix)
+    ablation_variants: tuple[str, ...] = default_ablations()  # what `snakemake ablations` runs (Table 1, appendix)
     seed: int = 0
     # Seeds the DAG runs each run of a target with, each in its own folder {size}-{variant}-s{seed} (the seed is
     # recorded in its metrics.json); empty: `seed` alone, in {size}-{variant}. `seeds` for the default target,
@@ -340,7 +353,7 @@ class Params(Section):
     @property
     def pretrained_run(self) -> str:
         """The run whose pretraining and export this run's downstream stages start from: its own, or for a
-        fine-tune-only variant its baseline's (nepa/presets.py PRETRAINED_BY)."""
+        fine-tune-only variant its baseline's (nepa/variants.py)."""
         return self.run_of(pretraining_source(self.variant, self.scale == "full"))
 
     @model_validator(mode="after")
@@ -499,8 +512,8 @@ def preset_layer(recipe: str, scale: str, size: str, variant: str, slurm: dict[s
     `recipe` for `size`, its SLURM resources over the user's launcher.slurm), Table 1's schedule for its variants,
     and the knobs where the paper and the official code disagree."""
     layer = EMBEDDED if scale == "embedded" else full_scale(recipe, size, slurm) if scale == "full" else {}
-    if variant in ABLATION_TABLE:  # Table 1's own schedule, at either scale
-        layer = merge(layer, ablation_schedule(ABLATION_TABLE[variant], scale))
+    if table := VARIANTS[variant].schedule:  # Table 1's own schedule, at either scale
+        layer = merge(layer, ablation_schedule(table, scale))
     return merge(layer, recipe_knobs(recipe, size))
 
 
@@ -544,14 +557,14 @@ def load_params(
     size = top.get("model", {}).get("size") or "tiny"
     for key in ("variant", "variants", "ablation_variants"):
         names = [variant] if key == "variant" else top.get(key, [])
-        if unknown := [name for name in names if name not in ABLATIONS]:
+        if unknown := [name for name in names if name not in VARIANTS]:
             where = (given if given.has((key,)) else file).where((key,))
-            raise UserError(f"{where}: variant {unknown[0]!r} is not one of {sorted(ABLATIONS)}")
+            raise UserError(f"{where}: variant {unknown[0]!r} is not one of {sorted(VARIANTS)}")
     try:
         preset = preset_layer(recipe, scale, size, variant, top.get("launcher", {}).get("slurm", {}))
     except UserError as e:
         raise UserError(f"{file.name}: {e}") from None
-    layers = [_Layer("the preset", preset), file, _Layer(f"variant {variant}", ABLATIONS[variant]), given]
+    layers = [_Layer("the preset", preset), file, _Layer(f"variant {variant}", VARIANTS[variant].overrides), given]
     resolved: dict[str, Any] = {}
     for layer in layers:
         resolved = merge(resolved, layer.data)
@@ -581,9 +594,9 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=list(SIZES), help="model size (default: params model.size)")
     parser.add_argument(
         "--variant",
-        choices=list(ABLATIONS),
+        choices=list(VARIANTS),
         metavar="VARIANT",
-        help=f"the method (nepa) or an ablation of nepa/presets.py: {', '.join(ABLATIONS)} (default: params variant)",
+        help=f"the method (nepa) or a variant of nepa/variants.py: {', '.join(VARIANTS)} (default: params variant)",
     )
 
 

@@ -1,9 +1,11 @@
 """Convert between nepa model files and the official release layout (SixAILab on Hugging Face).
 
 Official layout: a folder with `config.json` (`model_type: vit_nepa`) and `model.safetensors` with keys
-`vit_nepa.*` (plus `fc_norm.*` / `classifier.*` for the classification variant). Every config field that
-changes the computation is mapped to a `NepaConfig` field or refused; fields that only describe the
-file (versions, label names, init range) are ignored.
+`vit_nepa.*` (ViTNepaForPreTraining; plus `fc_norm.*` / `classifier.*` and `id2label` for
+ViTNepaForImageClassification), or the same keys without the `vit_nepa.` prefix (a bare ViTNepaModel, as
+transformers saves a base model). Every config field that changes the computation is mapped to a `NepaConfig`
+field or refused; fields that only describe the file (versions, init range) are ignored, and a classifier's
+label names (`id2label`) travel with it.
 
 `nepa import-official DIR OUT` converts a released checkpoint into a nepa model folder.
 """
@@ -96,6 +98,7 @@ KEY_MAP = [
     ("classifier.{p}", "head.{p}"),
 ]
 PLACEHOLDERS = {"i": r"\d+", "p": "weight|bias", "n": "q_norm|k_norm"}
+BASE_PREFIX = "vit_nepa."  # transformers' base_model_prefix: the trunk's keys inside a task model
 QKV_OFFICIAL = "vit_nepa.encoder.layer.{i}.attention.attention.{part}.{p}"
 QKV_ORDER = ("query", "key", "value")
 
@@ -142,6 +145,8 @@ def config_from_official(official: dict[str, Any], source: str) -> NepaConfig:
 
 
 def state_from_official(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    if not any(key.startswith(BASE_PREFIX) for key in tensors):  # a bare ViTNepaModel: the base model's own keys
+        tensors = {BASE_PREFIX + key: value for key, value in tensors.items()}
     state: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -158,16 +163,25 @@ def state_from_official(tensors: dict[str, torch.Tensor], source: str) -> dict[s
     return state
 
 
+FIX = "pass the folder of a released checkpoint (config.json + model.safetensors)"
+
+
+def read_config(folder: Path) -> tuple[Path, dict[str, Any]]:
+    config_path = require_file(folder / "config.json", "official config", FIX)
+    try:
+        return config_path, json.loads(config_path.read_text())
+    except (json.JSONDecodeError, OSError) as e:
+        raise UserError(f"{config_path}: unreadable ({e}); download the checkpoint again") from None
+
+
 def read_official(folder: str | Path) -> tuple[dict[str, torch.Tensor], NepaConfig]:
     folder = Path(folder)
-    fix = "pass the folder of a released checkpoint (config.json + model.safetensors)"
-    config_path = require_file(folder / "config.json", "official config", fix)
-    weights_path = require_file(folder / "model.safetensors", "official weights", fix)
+    config_path, official = read_config(folder)
+    weights_path = require_file(folder / "model.safetensors", "official weights", FIX)
     try:
-        official = json.loads(config_path.read_text())
         tensors = load_file(str(weights_path))
-    except (json.JSONDecodeError, SafetensorError, OSError) as e:
-        raise UserError(f"{folder}: unreadable checkpoint ({e}); download it again") from None
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{weights_path}: unreadable ({e}); download the checkpoint again") from None
     cfg = config_from_official(official, str(config_path))
     state = state_from_official(tensors, str(weights_path))
     if "head.weight" in state:
@@ -176,20 +190,37 @@ def read_official(folder: str | Path) -> tuple[dict[str, torch.Tensor], NepaConf
     return state, cfg
 
 
+def label_names_of(folder: str | Path, num_classes: int) -> list[str] | None:
+    """A classifier's label names by output index (config.json's id2label), or None (a backbone, or no id2label)."""
+    config_path, official = read_config(Path(folder))
+    id2label = official.get("id2label")
+    if not num_classes or not id2label:
+        return None
+    if set(id2label) != {str(i) for i in range(num_classes)}:
+        raise UserError(
+            f"{config_path}: id2label does not name the classifier's {num_classes} outputs 0..{num_classes - 1}"
+        )
+    return [id2label[str(i)] for i in range(num_classes)]
+
+
 # ---- back to the official layout ----------------------------------------------------------------
 
 
-def config_to_official(cfg: NepaConfig) -> dict[str, Any]:
+def config_to_official(cfg: NepaConfig, label_names: list[str] | None = None) -> dict[str, Any]:
     if not cfg.rope or not cfg.layerscale_init:
         raise UserError("the official layout always has RoPE and LayerScale; this model (an ablation) has not")
+    if not cfg.pooling:
+        raise UserError("the official layout pools (mean or last token); this model has no pooling")
     official: dict[str, Any] = {theirs: getattr(cfg, ours) for theirs, ours in SAME_MEANING.items()}
     official["hidden_act"] = {"gelu_tanh": "gelu_pytorch_tanh"}.get(cfg.mlp_act, cfg.mlp_act)
     official["add_pooling_layer"] = cfg.pooling == "mean"
     official["num_prompt_token"] = 0
     official["model_type"] = "vit_nepa"
     official["architectures"] = ["ViTNepaForImageClassification" if cfg.num_classes else "ViTNepaForPreTraining"]
-    if cfg.num_classes:
-        official["num_labels"] = cfg.num_classes
+    if cfg.num_classes:  # transformers' defaults where the names are unknown
+        names = label_names or [f"LABEL_{i}" for i in range(cfg.num_classes)]
+        official["id2label"] = {str(i): name for i, name in enumerate(names)}
+        official["label2id"] = {name: i for i, name in enumerate(names)}
     return official
 
 
@@ -208,9 +239,11 @@ def state_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def write_official(state: dict[str, torch.Tensor], cfg: NepaConfig, folder: str | Path) -> Path:
+def write_official(
+    state: dict[str, torch.Tensor], cfg: NepaConfig, folder: str | Path, label_names: list[str] | None = None
+) -> Path:
     folder = Path(folder)
-    official = config_to_official(cfg)
+    official = config_to_official(cfg, label_names)
     atomic_save_safetensors(state_to_official(state), folder / "model.safetensors", {"format": "pt"})
     (folder / "config.json").write_text(json.dumps(official, indent=2, sort_keys=True) + "\n")
     return folder
@@ -224,6 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """`nepa import-official DIR OUT`."""
     state, cfg = read_official(args.src)
-    write_model_dir(args.out, state, cfg, source=f"official checkpoint {args.src.resolve()}", weights="as released")
+    labels = label_names_of(args.src, cfg.num_classes)
+    source = f"official checkpoint {args.src.resolve()}"
+    write_model_dir(args.out, state, cfg, label_names=labels, source=source, weights="as released")
     print(f"wrote {args.out / 'model.safetensors'} ({sum(v.numel() for v in state.values()):,} parameters)")
     return 0

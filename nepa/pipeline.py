@@ -37,7 +37,7 @@ from nepa.config import PRESET, Params, flat, load_params
 from nepa.errors import UserError
 from nepa.files import atomic_write_text
 from nepa.plan import Job, plan_jobs
-from nepa.presets import pretraining_source
+from nepa.variants import pretraining_source
 
 
 @dataclass(frozen=True)

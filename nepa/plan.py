@@ -3,10 +3,10 @@
 At `scale: full` a target runs exactly what the paper's rows need (nepa/report/paper.py names the variant and
 stage of each row): `all` the headline rows (Tables 2, 3, 6) of the configured sizes, `ablations` the rows of
 Table 1 and the appendix at ViT-B (the paper ran no ViT-L ablation), limited to `ablation_variants` and the
-rows they are compared with. A fine-tune-only variant fine-tunes its baseline's export (presets.PRETRAINED_BY).
+rows they are compared with. A fine-tune-only variant fine-tunes its baseline's export (nepa/variants.py).
 At `scale: embedded`, Table 1's sub-tables share one short schedule (presets.EMBEDDED_ABLATION): each variant
-runs as its stand-in (nepa_100k as nepa_50k, the baseline on that schedule), every configured size stands in for
-ViT-B, and every ablation run gets a fine-tune and a probe.
+runs as its stand-in (variants.stand_in: 1b-1e's baseline as 1a's, the baseline on that schedule), every
+configured size stands in for ViT-B, and every ablation run gets a fine-tune and a probe.
 
 `audit` returns what is inconsistent with the paper or with itself: a schedule other than the row's, a cosine
 that does not end where the run stops, a comparison across schedules, a reused pretraining that differs from
@@ -21,18 +21,9 @@ from typing import Any
 
 from nepa.config import Params, SlurmParams
 from nepa.layout import DOWNSTREAM, run_name
-from nepa.presets import (
-    ABLATION_BATCH,
-    ABLATION_STEPS,
-    ABLATIONS,
-    PRETRAIN_COMMON,
-    PRETRAIN_EPOCHS,
-    SHAPE,
-    pretraining_source,
-    stand_in,
-    steps_per_epoch,
-)
+from nepa.presets import ABLATION_BATCH, ABLATION_STEPS, PRETRAIN_COMMON, PRETRAIN_EPOCHS, SHAPE, steps_per_epoch
 from nepa.report.paper import ABLATION_TABLES, BY_KEY, HEADLINE_TABLES, ROWS, PaperRow
+from nepa.variants import VARIANTS, pretraining_source, stand_in
 
 TARGETS = ("all", "ablations")
 GPU_STAGES = ("pretrain", *DOWNSTREAM)
@@ -106,7 +97,7 @@ def target_runs(params: Params, target: str) -> dict[tuple[str, str], dict[str, 
     # with them, the rows they are compared with, and each picked sub-table's NEPA baseline row (1b's "all four")
     tables = {row.table for row in picked}
     picked += [BY_KEY[row.versus] for row in picked if row.versus]
-    picked += [row for row in _rows(tuple(tables)) if ABLATIONS[row.variant] == {}]
+    picked += [row for row in _rows(tuple(tables)) if VARIANTS[row.variant].overrides == {}]
     for row in picked:
         if full:
             need("base", row.variant, row.stage, row.key)

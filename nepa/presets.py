@@ -1,4 +1,4 @@
-"""Recipes as data: the paper's and the official code's full-scale numbers, and the experiment plan's variants.
+"""Recipes as data: the embedded default, the paper's and the official code's full-scale numbers, Table 1's schedules.
 
 docs/paper.md states the facts these numbers come from; tests/test_presets.py checks them against its tables.
 """
@@ -180,7 +180,7 @@ def recipe_knobs(recipe: str, size: str) -> Layer:
     return {"model": model, "finetune": {"layer_decay_ramp": False, "qk_norm_affine": True}}
 
 
-# ---- the experiment plan: variants, their schedules and what they are compared with ---------------------------
+# ---- Table 1's schedules (the variants that run on them: nepa/variants.py) ----------------------------------
 
 # Table 1's pretrainings are their own runs at batch 2048: 50k steps (1a) or 100k (1b-1e). An epoch of
 # ImageNet-1K train at batch 2048 is 1,281,167 // 2048 = 625 optimizer steps (the engine drops the last partial
@@ -216,92 +216,3 @@ def ablation_schedule(table: str, scale: str = "full") -> Layer:
         return EMBEDDED_ABLATION
     epochs = ABLATION_STEPS[table] / steps_per_epoch(ABLATION_BATCH)
     return {"pretrain": {"global_batch": ABLATION_BATCH, "epochs": epochs, "warmup_epochs": epochs * WARMUP_SHARE}}
-
-
-_NO_BUNDLE = {"layerscale": False, "rope": False, "mlp": "gelu", "qk_norm": False}
-
-# Variants by name: each a params layer applied over params.yaml. Order matters once: at embedded scale a variant
-# runs as the first one that means the same there (stand_in below).
-ABLATIONS: dict[str, Layer] = {
-    "nepa": {},
-    # the full-NEPA baselines of Table 1, on the ablations' schedules (at embedded scale one schedule: nepa_50k)
-    "nepa_50k": {},
-    "nepa_100k": {},
-    # 1a: the objective's switches
-    "no_shift": {"objective": {"shift": False}},
-    "no_causal": {"objective": {"causal": False}},
-    "no_stop_grad": {"objective": {"stop_grad": False}},
-    # 1b: the stability bundle, one component at a time
-    "plain_vit": {"model": _NO_BUNDLE},
-    "ls": {"model": {**_NO_BUNDLE, "layerscale": True}},
-    "ls_rope": {"model": {**_NO_BUNDLE, "layerscale": True, "rope": True}},
-    "ls_rope_swiglu": {"model": {**_NO_BUNDLE, "layerscale": True, "rope": True, "mlp": "swiglu"}},
-    "ls_rope_qknorm": {"model": {**_NO_BUNDLE, "layerscale": True, "rope": True, "qk_norm": True}},
-    # 1c: input-embedding masking
-    "mask_40": {"objective": {"mask_ratio": 0.4}},
-    "mask_60": {"objective": {"mask_ratio": 0.6}},
-    # fine-tuning choices: Table 2's causal row (full schedule), 1e's (100k steps), 1d
-    "ft_causal": {"finetune": {"attention": "causal"}},
-    "ft_causal_100k": {"finetune": {"attention": "causal"}},
-    "ft_patch_embed_trained": {"finetune": {"freeze_patch_embed": False}},
-    # appendix: GeLU instead of SwiGLU, full schedule
-    "gelu": {"model": {"mlp": "gelu"}},
-}
-# At scale full, the variants pretrained on a Table 1 schedule, and that sub-table (the others: the full schedule).
-ABLATION_TABLE = {
-    "nepa_50k": "1a",
-    "no_shift": "1a",
-    "no_causal": "1a",
-    "no_stop_grad": "1a",
-    "nepa_100k": "1b",
-    "plain_vit": "1b",
-    "ls": "1b",
-    "ls_rope": "1b",
-    "ls_rope_swiglu": "1b",
-    "ls_rope_qknorm": "1b",
-    "mask_40": "1c",
-    "mask_60": "1c",
-    "ft_patch_embed_trained": "1d",
-    "ft_causal_100k": "1e",
-}
-# Fine-tune-only variants change nothing before fine-tuning: they fine-tune this variant's pretrained model.
-PRETRAINED_BY = {"ft_causal": "nepa", "ft_causal_100k": "nepa_100k", "ft_patch_embed_trained": "nepa_100k"}
-# What `snakemake ablations` runs by default: Table 1 and the appendix (their baselines come with them).
-ABLATION_VARIANTS = (
-    "no_shift",
-    "no_causal",
-    "no_stop_grad",
-    "plain_vit",
-    "ls",
-    "ls_rope",
-    "ls_rope_swiglu",
-    "ls_rope_qknorm",
-    "mask_40",
-    "mask_60",
-    "ft_patch_embed_trained",
-    "ft_causal_100k",
-    "gelu",
-)
-
-
-def pretrained_by(variant: str) -> str:
-    """The variant whose pretraining (and export) `variant` fine-tunes: itself unless it is fine-tune-only."""
-    return PRETRAINED_BY.get(variant, variant)
-
-
-def pretraining_source(variant: str, full: bool) -> str:
-    """The variant whose pretraining and export a run of `variant` starts from, at full or reduced scale."""
-    source = pretrained_by(variant)
-    return source if full else stand_in(source)
-
-
-def stand_in(variant: str) -> str:
-    """The variant that runs in `variant`'s place at embedded scale, where Table 1's sub-tables share one schedule
-    (EMBEDDED_ABLATION): the first variant with the same change, on the same schedule, with the same stand-in
-    pretraining (nepa_100k -> nepa_50k; nepa stays itself, on the embedded default's schedule)."""
-
-    def key(name: str) -> tuple[Layer, bool, str | None]:
-        source = pretrained_by(name)
-        return ABLATIONS[name], name in ABLATION_TABLE, None if source == name else stand_in(source)
-
-    return next(name for name in ABLATIONS if key(name) == key(variant))

@@ -80,6 +80,17 @@ def test_zero_memory_runs_on_cpu(tmp_path: Path) -> None:
     assert "not GPU memory" in result["settings"]["what"]
 
 
+def test_grad_checkpointing_runs_on_cpu(tmp_path: Path) -> None:
+    report = tmp_path / "grad_checkpointing.md"
+    result = bench("grad_checkpointing.py", tmp_path, "--model", "nepa-tiny", "--batch", "4", "--steps", "2",
+                   "--threads", "1", "--report", str(report))  # fmt: skip
+    off, on = result["results"]
+    assert (off["grad_checkpointing"], on["grad_checkpointing"]) == (False, True)
+    assert off["losses"] == on["losses"] and len(off["losses"]) == 2  # recomputation changes no number
+    assert on["peak_rss_gb"] > on["rss_before_first_step_gb"] > 0 and on["step_s"] > 0
+    assert "| on |" in report.read_text() and "2 threads" not in report.read_text()
+
+
 def test_end_to_end_runs_on_cpu(tmp_path: Path) -> None:
     try:
         find_fashion_mnist(DataParams().fashion_mnist_dir)

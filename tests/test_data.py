@@ -114,6 +114,23 @@ def test_embedded_rerun_keeps_and_seed_redraws(
     assert not list((tmp_path / "data/raw").glob(".*"))  # no partial or old folders left
 
 
+def test_embedded_part_deleted_is_written_again(
+    prepared: Path, tmp_path: Path, fashion_mnist: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root = copy_of(prepared, tmp_path)
+    raw = root / "data/raw"
+    before = {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+    shutil.rmtree(raw / "imagenet/val")
+    (raw / "ADEChallengeData2016/annotations/training/ADE_train_00000002.png").unlink()
+    capsys.readouterr()
+    assert nepa(root, "prepare", "embedded") == 0
+    out = capsys.readouterr().out
+    assert f"{raw / 'imagenet'}: written again: val has 0 of {VAL} files" in out
+    assert f"annotations/training has {SCENES[0] - 1} of {SCENES[0]} files" in out
+    assert {p.relative_to(raw): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before  # as it was
+    assert nepa(root, "prepare", "imagenet") == 0
+
+
 def test_missing_fashion_mnist(tmp_path: Path, fashion_mnist: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert nepa(tmp_path, "prepare", "embedded", "--set", "data.fashion_mnist_dir=/nowhere/fashion-mnist") == 2
@@ -241,12 +258,25 @@ def test_bad_input(
     assert m["rows"] == expected
 
 
-def test_missing_source(tmp_path: Path, capsys) -> None:
+def test_missing_source_says_what_it_found(tmp_path: Path, capsys) -> None:
     assert nepa(tmp_path, "prepare", "imagenet", "--src", str(tmp_path / "nowhere")) == 2
     err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        f"nepa prepare: error: {tmp_path / 'nowhere'}: found nothing (no such file or folder); nepa reads ImageNet as "
+        "an ImageFolder tree (train/<wnid>/, val/<wnid>/"
+    )
+    assert "ILSVRC2012_img_train.tar" in err and "Hugging Face" in err and len(err.splitlines()) == 1
+    junk = tmp_path / "junk"
+    (junk / "images").mkdir(parents=True)
+    (junk / "notes.txt").write_text("x")
+    assert nepa(tmp_path, "prepare", "ade20k", "--src", str(junk)) == 2
     assert (
-        err == f"nepa prepare: error: {tmp_path / 'nowhere'}: ImageNet folder not found; pass --src the dataset "
-        "folder (or set it in params.yaml)"
+        capsys.readouterr()
+        .err.strip()
+        .startswith(
+            f"nepa prepare: error: {junk}: found a folder holding images/, notes.txt (2 entries); nepa reads ADE20K as "
+            "the ADEChallengeData2016 folder (images/, annotations/), ADEChallengeData2016.zip"
+        )
     )
     assert nepa(tmp_path, "prepare", "ade20k") == 2  # embedded scale, raw layouts not written yet
     assert (

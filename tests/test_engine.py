@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from nepa.config import load_params
+from nepa.config import PretrainParams, load_params
 from nepa.engine import distributed, rng
 from nepa.engine.checkpoint import LATEST, PARTIAL, STATE_FILE, Checkpoints, resume_key, tag
 from nepa.engine.distributed import DistEnv
@@ -31,33 +31,34 @@ from nepa.engine.ema import Ema
 from nepa.engine.metrics import MetricsLog
 from nepa.engine.optim import no_decay_names, param_groups
 from nepa.engine.pretrain import build_model, images_loss
-from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
+from nepa.engine.schedule import accumulation_steps, step_counts, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shield_workers
 from nepa.engine.trainer import EXIT_NONFINITE
 from nepa.errors import EXIT_USAGE, UserError
 from nepa.models import create
 from nepa.models.weights import atomic_save_safetensors
-from nepa.presets import ABLATIONS
 from nepa.stopping import preemption_held
+from nepa.variants import VARIANTS
 
 
 def test_global_batch_must_be_whole_micro_batches() -> None:
     assert accumulation_steps(256, 64, 2) == 2
     with pytest.raises(UserError, match=r"global_batch 256 is not a multiple of micro_batch 48 x 2 process"):
         accumulation_steps(256, 48, 2)
-    assert peak_lr(3e-4, 4096) == pytest.approx(4.8e-3)  # the paper's 4096-batch lr
+    paper = PretrainParams(base_lr=3e-4, global_batch=4096, micro_batch=128)
+    assert paper.lr == pytest.approx(4.8e-3)  # the paper's 4096-batch lr
 
 
-def test_plan_and_warmup_cosine() -> None:
-    p = plan(epochs=2.5, warmup_epochs=0.5, max_steps=None, batches_per_epoch=41, accumulation=4)
+def test_step_counts_and_warmup_cosine() -> None:
+    p = step_counts(epochs=2.5, warmup_epochs=0.5, max_steps=None, batches_per_epoch=41, accumulation=4)
     assert (p.steps_per_epoch, p.total_steps, p.warmup_steps, p.stop_step) == (10, 25, 5, 25)
-    assert plan(2.5, 0.5, 7, 41, 4).stop_step == 7  # max_steps stops early; the schedule keeps its length
+    assert step_counts(2.5, 0.5, 7, 41, 4).stop_step == 7  # max_steps stops early; the schedule keeps its length
     factors = [warmup_cosine(s, 5, 25) for s in range(25)]
     assert factors[:5] == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert all(a >= b for a, b in itertools.pairwise(factors[4:])) and factors[-1] < 0.01
     assert warmup_cosine(25, 5, 25) == 0.0
     with pytest.raises(UserError, match="the global batch is larger than the training data"):
-        plan(1, 0, None, batches_per_epoch=3, accumulation=4)
+        step_counts(1, 0, None, batches_per_epoch=3, accumulation=4)
 
 
 def test_no_weight_decay_on_biases_norms_layerscale_and_tokens() -> None:
@@ -166,7 +167,7 @@ def test_tidy_removes_what_a_killed_save_left(tmp_path: Path) -> None:
         checkpoints.latest()
 
 
-@pytest.mark.parametrize("variant", sorted(ABLATIONS))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_pretraining_honours_every_variant(variant: str, tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     params = load_params(tmp_path / "params.yaml", (f"variant={variant}",))

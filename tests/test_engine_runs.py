@@ -323,3 +323,17 @@ def test_single_node_launchers(root: Path, tmp_path: Path, launcher: str) -> Non
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     state = read_state(latest_checkpoint(folder(tmp_path) / "checkpoints"))
     assert (state.step, state.world) == (2, 2)
+
+
+@pytest.mark.slow
+def test_grad_checkpointing_switched_on_at_a_resume_continues_the_same_run(root: Path, tmp_path: Path) -> None:
+    """pretrain.grad_checkpointing is OPERATIONAL (it changes memory, not a number): a run stopped at step 3 and
+    resumed with it on ends with the weights, EMA and losses of the run that never had it."""
+    whole, switched = tmp_path / "whole", tmp_path / "switched"
+    assert (done := nepa(root, whole, "pretrain", "pretrain.max_steps=6")).returncode == 0, done.stderr
+    assert (done := nepa(root, switched, "pretrain", "pretrain.max_steps=3")).returncode == 0, done.stderr
+    done = nepa(root, switched, "pretrain", "pretrain.max_steps=6", "pretrain.grad_checkpointing=true")
+    assert done.returncode == 0 and "resuming from" in done.stderr, done.stderr
+    (online_a, ema_a), (online_b, ema_b) = final(whole), final(switched)
+    assert identical(online_a, online_b) and identical(ema_a, ema_b)
+    assert losses(whole).equals(losses(switched))

@@ -86,7 +86,7 @@ def test_finetune_model_frozen_patch_embedding_and_zero_head() -> None:
     assert torch.count_nonzero(model.head.weight) == 0 and model.head.out_features == NUM_CLASSES
     frozen = {k: v.clone() for k, v in model.patch_embed.state_dict().items()}
     blocks = {k: v.clone() for k, v in model.blocks.state_dict().items()}
-    optimizer = torch.optim.AdamW(layer_decay.param_groups(model, 0.05), lr=1e-3)
+    optimizer = torch.optim.AdamW(layer_decay.groups(model, 0.05, 0.65, ramp=False).param_groups, lr=1e-3)
     loss = finetune.make_loss(params.finetune, NUM_CLASSES)
     np.random.seed(0)
     for step in range(3):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-# Minor page faults of each of 6 forward+backward passes of the tiny NEPA model, batch 32, one thread.
+# Minor page faults of each of 12 forward+backward passes of the tiny NEPA model, batch 32, one thread.
 STEP_FAULTS = """
 import json, resource, sys, torch
 from nepa import models
@@ -22,7 +22,7 @@ torch.manual_seed(0)
 model = models.create("nepa_tiny_patch4_32")
 images = torch.randn(32, 3, 32, 32)
 faults = []
-for _ in range(6):
+for _ in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     z, pred, _ = model.encode(images)
     (pred[:, :-1] * z[:, 1:]).sum().backward()
@@ -40,9 +40,13 @@ def step_faults(mode: str) -> dict:
 def test_training_steps_stop_page_faulting_once_freed_memory_is_kept() -> None:
     default, tuned = step_faults("default"), step_faults("tuned")
     assert tuned["applied"] is True
-    steady_default, steady_tuned = sum(default["faults"][2:]), sum(tuned["faults"][2:])
-    # glibc's defaults hand activations back to the kernel and fault them in again every step
-    assert steady_default > 1000, default
-    # kept: (nearly) none. Not zero: in 3 of ~20 runs here one step of the tuned process faulted ~400 pages back in
-    # (cause not pinned down), against thousands per step with the defaults.
-    assert steady_tuned < steady_default / 10, (default, tuned)
+    steady_default, steady_tuned = default["faults"][2:], tuned["faults"][2:]
+    # glibc's defaults hand activations back to the kernel and fault them in again nearly every step
+    assert sum(steady_default) > 1000, default
+    # kept: most steps fault nothing. Not every one: here a tuned step now and then faults ~1,000-1,500 pages back
+    # in (cause not pinned down). 8 runs of 10 steady steps each, 2 EPYC cores: the tuned process had 6-10 steps
+    # without a fault against the default's 1-5, and 5.5x to all fewer faults in total; 6 steps and "a tenth of
+    # the default's" failed 2 runs of 5 with other processes on the machine.
+    zero_default, zero_tuned = steady_default.count(0), steady_tuned.count(0)
+    assert zero_tuned >= zero_default + 3, (default, tuned)
+    assert sum(steady_tuned) < sum(steady_default) / 3, (default, tuned)

@@ -4,6 +4,7 @@ ablation switches, sizes, heads."""
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from timm.layers import AttentionRope, RotaryEmbeddingDinoV3
 import nepa.models  # noqa: F401  (registers the timm names)
 from nepa.models import NepaConfig, NepaViT, save_model_file
 from nepa.models.nepa_vit import Attention, Rope2D, apply_rope, patch_center_coords, rope_cos_sin
+from nepa.models.weights import write_model_dir
 from nepa.objectives import Objective, next_embedding_loss, pretrain_loss, random_patch_mask
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, mlp_hidden_dim=64)
@@ -190,7 +192,7 @@ def test_classification_heads() -> None:
     model = tiny(num_classes=7)
     assert model.head.weight.shape == (7, 32) and isinstance(model.fc_norm, torch.nn.LayerNorm)
     assert model(images()).shape == (2, 7)
-    model.reset_classifier(3)  # zero-initialised, as the paper's fine-tuning
+    model.reset_classifier(3, zero_init=True)  # as the paper's fine-tuning
     assert model(images()).abs().max().item() == 0.0
     last = tiny(num_classes=3, pooling="last")
     h = last.forward_features(images())
@@ -200,10 +202,10 @@ def test_classification_heads() -> None:
 @pytest.mark.parametrize("size", [(16, 24), (32, 8)])
 def test_dense_features_at_non_square_sizes(size: tuple[int, int]) -> None:
     model = tiny(causal=False)
-    feats = model.forward_dense(torch.randn(2, 3, *size), taps=(0, 1))
+    feats = model.forward_intermediates(torch.randn(2, 3, *size), indices=[0, 1], intermediates_only=True)
     assert [f.shape for f in feats] == [(2, 32, size[0] // 4, size[1] // 4)] * 2
-    with pytest.raises(ValueError, match="multiple of the patch"):
-        model.forward_dense(torch.randn(1, 3, 18, 16), taps=(1,))
+    with pytest.raises(AssertionError, match="multiples of the patch size 4"):
+        model.forward_intermediates(torch.randn(1, 3, 18, 16), indices=[1])
 
 
 def test_pretrained_path_round_trip_through_timm(tmp_path: Path) -> None:
@@ -253,3 +255,111 @@ def test_training_mode_rescales_rope_coordinates_only_in_training() -> None:
         d = model.forward_features(x)
     assert not torch.allclose(c, d)
     assert math.isfinite(c.sum().item())
+
+
+# ---- timm's conventions (timm's own battery runs in tests/test_timm_battery.py) --------------------------------
+
+
+def test_heads_pools_and_feature_info_follow_timm() -> None:
+    model = timm.create_model("nepa_tiny_patch4_32", depth=2, num_classes=4).eval()
+    assert model.head_hidden_size == model.num_features == 96 and model.global_pool == "avg"
+    assert [f["module"] for f in model.feature_info] == ["blocks.0", "blocks.1"]
+    assert {f["reduction"] for f in model.feature_info} == {4}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(5, "avg")  # timm's positional global_pool (it once landed on zero_init)
+        assert model(x).shape == (2, 5) and model.cfg.num_classes == 5
+        model.reset_classifier(0)  # no head: the pre-logits, fc_norm kept
+        torch.testing.assert_close(model(x), pre_logits)
+        model.reset_classifier(3, "last")
+        torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True),
+                                   model.forward_features(x)[:, -1])  # fmt: skip
+        assert isinstance(model.fc_norm, torch.nn.Identity) and model.global_pool == "last"
+        model.reset_classifier(0, "")
+        assert model(x).shape == (2, 1 + 64, 96)
+    with pytest.raises(ValueError, match="global_pool 'max'"):
+        timm.create_model("nepa_tiny_patch4_32", global_pool="max")
+    assert timm.create_model("nepa_tiny_patch4_32", global_pool="last").cfg.pooling == "last"
+
+
+def test_group_matcher_orders_stem_blocks_then_the_rest() -> None:
+    model = timm.create_model("nepa_tiny_patch4_32", depth=3, num_classes=2, mask_token=True)
+    layers = timm.models.group_parameters(model, model.group_matcher(), reverse=True)
+    assert layers["cls_token"] == layers["mask_token"] == layers["patch_embed.weight"] == 0
+    assert layers["blocks.0.attn.qkv.weight"] == 1 and layers["blocks.2.mlp.fc2.bias"] == 3
+    assert layers["norm.weight"] == layers["fc_norm.bias"] == layers["head.weight"] == 4
+
+
+def test_features_only_and_intermediates_of_a_loaded_file(tmp_path: Path) -> None:
+    """features_only wraps the model after its file is loaded: the features are the file's model's."""
+    torch.manual_seed(0)
+    model = timm.create_model("nepa_tiny_patch4_32", depth=3, causal=False).eval()
+    path = save_model_file(model.state_dict(), model.cfg, tmp_path / "m.safetensors")
+    features = timm.create_model("nepa_tiny_patch4_32", pretrained=str(path), features_only=True, out_indices=(0, 2))
+    assert features.feature_info.channels() == [96, 96] and features.feature_info.reduction() == [4, 4]
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+        got = features.eval()(x)
+        final, tokens = model.forward_intermediates(x, indices=1, output_fmt="NLC", stop_early=True)
+        prefixed = model.forward_intermediates(x, indices=[1], return_prefix_tokens=True, intermediates_only=True)
+    assert [f.shape for f in got] == [(2, 96, 8, 12)] * 2
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
+    assert tokens[0].shape == (2, 96, 96) and final.shape == (2, 97, 96)  # blocks 0..2 of 3: no early stop at 2
+    torch.testing.assert_close(prefixed[0][1], model.encode(x, taps=[1])[2][0][:, :1])
+    pruned = timm.create_model("nepa_tiny_patch4_32", depth=3)
+    assert pruned.prune_intermediate_layers([0, 1], prune_norm=True) == [0, 1]
+    assert len(pruned.blocks) == pruned.cfg.depth == 2 and isinstance(pruned.norm, torch.nn.Identity)
+    assert pruned.num_classes == 0 and pruned.cfg.pooling == ""
+
+
+def test_grad_checkpointing_gives_the_same_gradients() -> None:
+    """Checkpointed blocks recompute their forward with the same random draws (drop path, RoPE rescale): the
+    gradients are bit for bit those without, which is why a run may resume across the switch."""
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = timm.create_model("nepa_tiny_patch4_32", depth=3, drop_path=0.5, num_classes=3).train()
+        model.set_grad_checkpointing(on)
+        pretrain_loss(model, images(4, 32), Objective()).backward()
+        model(images(4, 32)).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
+def test_fx_and_torch_export_trace_the_model() -> None:
+    """fx (timm's feature extraction by graph) and torch.export (TorchScript's successor) give eager outputs."""
+    model = timm.create_model("nepa_tiny_patch4_32", depth=2, num_classes=3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), expected, atol=1e-6, rtol=0)
+    batch = torch.export.Dim("batch")
+    exported = torch.export.export(model, (x,), dynamic_shapes=({0: batch},)).module()
+    torch.testing.assert_close(exported(x), expected, atol=1e-6, rtol=0)
+    assert exported(torch.randn(5, 3, 32, 32)).shape == (5, 3)
+
+
+def test_pretrained_cfg_states_the_sizes_a_patch_14_model_takes() -> None:
+    cfg = timm.create_model("nepa_base_patch14_224", device="meta").pretrained_cfg
+    assert cfg["input_size"] == (3, 224, 224) and not cfg["fixed_input_size"]
+    assert cfg["min_input_size"] == (3, 112, 112)  # 8 x 8 patches of 14, where timm's harness shrinks to
+    with torch.device("meta"):
+        model = timm.create_model("nepa_base_patch14_224", dtype=torch.bfloat16)
+        assert model(torch.randn(1, 3, 112, 126, dtype=torch.bfloat16)).shape == (1, 768)
+    assert {p.device.type for p in model.parameters()} == {"meta"} and model.cls_token.dtype == torch.bfloat16
+
+
+def test_class_names_of_a_file_reach_timms_pretrained_cfg(tmp_path: Path) -> None:
+    model = timm.create_model("nepa_tiny_patch4_32", depth=1, num_classes=2)
+    path = write_model_dir(tmp_path, model.state_dict(), model.cfg, label_names=["cat", "dog"]) / "model.safetensors"
+    loaded = timm.create_model("nepa_tiny_patch4_32", pretrained=str(path))
+    assert loaded.num_classes == 2 and loaded.pretrained_cfg["label_names"] == ("cat", "dog")
+    assert (
+        "label_names"
+        not in timm.create_model("nepa_tiny_patch4_32", pretrained=str(path), num_classes=5).pretrained_cfg
+    )
+    assert json.loads((tmp_path / "config.json").read_text())["label_names"] == ["cat", "dog"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import nepa.models  # noqa: F401  (registers the timm names)
 from nepa.cli import main as nepa_main
@@ -70,8 +70,6 @@ def _with_config(tmp_path: Path, name: str, **changes: object) -> Path:
         if changes.get("qk_norm_affine") and key.endswith("attention.attention.query.weight"):
             for norm in ("q_norm", "k_norm"):
                 tensors[key.replace("query.weight", f"{norm}.weight")] = 1 + torch.rand(24, generator=generator)
-    from safetensors.torch import save_file
-
     save_file(tensors, str(folder / "model.safetensors"))
     return folder
 
@@ -132,8 +130,6 @@ def test_classification_variant_imports_head(tmp_path: Path, expected: dict[str,
     tensors = load_file(str(folder / "model.safetensors"))
     tensors |= {"fc_norm.weight": torch.ones(96), "fc_norm.bias": torch.zeros(96)}
     tensors |= {"classifier.weight": torch.randn(7, 96), "classifier.bias": torch.zeros(7)}
-    from safetensors.torch import save_file
-
     save_file(tensors, str(folder / "model.safetensors"))
     state, cfg = read_official(folder)
     assert cfg.num_classes == 7 and cfg.pooling == "mean"
@@ -157,3 +153,58 @@ def test_unsupported_checkpoints_are_refused_in_one_line(
     assert nepa_main(["import-official", str(folder), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "config.json" in err and "\n" not in err
+
+
+def test_a_bare_vit_nepa_model_imports(tmp_path: Path, expected: dict[str, torch.Tensor]) -> None:
+    """transformers saves a base ViTNepaModel without the `vit_nepa.` prefix (and without a head)."""
+    folder = _with_config(tmp_path, "bare", architectures=["ViTNepaModel"])
+    tensors = load_file(str(folder / "model.safetensors"))
+    save_file({k.removeprefix("vit_nepa."): v for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    assert "embeddings.cls_token" in load_file(str(folder / "model.safetensors"))
+    assert nepa_main(["import-official", str(folder), str(tmp_path / "imported")]) == 0
+    model = timm.create_model("nepa_base_patch14_224", pretrained=str(tmp_path / "imported" / "model.safetensors"))
+    with torch.no_grad():
+        pred, target = model.eval().forward_pretrain(expected["pixel_values"])
+    torch.testing.assert_close(target, expected["input_embedding"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(pred, expected["last_hidden_state"], atol=ATOL, rtol=0)
+
+
+def test_a_classifier_round_trips_through_the_official_layout(
+    tmp_path: Path, expected: dict[str, torch.Tensor]
+) -> None:
+    """nepa -> ViTNepaForImageClassification layout -> nepa: the same tensors, names and logits; and the logits are
+    what the official classifier computes from the official trunk's output (the golden last_hidden_state): the mean
+    of the last (image_size / patch)**2 tokens -> fc_norm -> classifier."""
+    state, cfg = read_official(FIXTURE)
+    cfg.num_classes, cfg.causal = 3, False  # as a bidirectional fine-tune leaves it
+    model = NepaViT(cfg).eval()
+    torch.manual_seed(0)
+    model.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        model.fc_norm.weight.uniform_(0.5, 1.5)
+        model.head.bias.uniform_(-1, 1)
+    names = ["cat", "dog", "owl"]
+    write_official(model.state_dict(), model.cfg, tmp_path / "official", label_names=names)
+    config = json.loads((tmp_path / "official" / "config.json").read_text())
+    assert config["architectures"] == ["ViTNepaForImageClassification"] and config["id2label"]["2"] == "owl"
+    written = load_file(str(tmp_path / "official" / "model.safetensors"))
+    original = load_file(str(FIXTURE / "model.safetensors"))
+    assert all(torch.equal(written[k], original[k]) for k in original)  # the trunk as released
+    assert {k for k in written if k not in original} == {
+        "fc_norm.weight",
+        "fc_norm.bias",
+        "classifier.weight",
+        "classifier.bias",
+    }
+    assert nepa_main(["import-official", str(tmp_path / "official"), str(tmp_path / "back")]) == 0
+    back = timm.create_model("nepa_base_patch14_224", pretrained=str(tmp_path / "back" / "model.safetensors")).eval()
+    assert back.pretrained_cfg["label_names"] == tuple(names) and back.cfg == model.cfg
+    pixels = expected["pixel_values"]
+    with torch.no_grad():
+        logits = model(pixels)
+        torch.testing.assert_close(back(pixels), logits, atol=1e-5, rtol=0)
+        # the official ViTNepaForImageClassification on the official trunk's (causal) output, against ours, causal
+        model.cfg.causal = True
+        tokens = expected["last_hidden_state"][:, -((56 // 14) ** 2) :]
+        official = model.head(model.fc_norm(tokens.mean(dim=1)))
+        torch.testing.assert_close(model(pixels), official, atol=1e-5, rtol=0)

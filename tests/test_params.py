@@ -11,7 +11,8 @@ import yaml
 from nepa.cli import main as nepa_main
 from nepa.config import PRESET, Params, SlurmParams, flat, load_params
 from nepa.errors import UserError
-from nepa.presets import ABLATION_STEPS, ABLATIONS, EMBEDDED, ablation_schedule, full_scale, recipe_knobs
+from nepa.presets import ABLATION_STEPS, EMBEDDED, ablation_schedule, full_scale, recipe_knobs
+from nepa.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def test_ablations_run_at_table_1_scale(tmp_path: Path) -> None:
     p = full(tmp_path, "paper", "base", "mask_40")
     assert (p.pretrain.epochs * 625, p.objective.mask_ratio) == (100_000, 0.4)
     assert full(tmp_path, "paper", "base", "no_stop_grad").objective.stop_grad is False
-    assert "no_shift" in ABLATIONS and "plain_vit" in ABLATIONS
+    assert "no_shift" in VARIANTS and "plain_vit" in VARIANTS
 
 
 def test_the_repository_params_resolve() -> None:

@@ -15,10 +15,11 @@ from nepa.cli import main as nepa_main
 from nepa.config import load_params
 from nepa.estimate import plan_of
 from nepa.plan import Plan, audit, pretrain_schedule
-from nepa.presets import ABLATIONS, PRETRAIN_EPOCHS, PRETRAINED_BY, steps_per_epoch
+from nepa.presets import PRETRAIN_EPOCHS, steps_per_epoch
 from nepa.report import tables
 from nepa.report.gather import PROVENANCE
 from nepa.report.paper import BY_KEY
+from nepa.variants import VARIANTS, pretrained_by
 
 FULL = "scale: full\nsizes: {sizes}\nmodel: {{size: base}}\ndata: {{imagenet_src: /in1k, ade20k_src: /ade}}\n"
 SIZES = {"[base, large]": ("base", "large"), "[base]": ("base",)}
@@ -66,9 +67,10 @@ def test_the_targets_run_exactly_the_papers_runs(tmp_path: Path, sizes: str) -> 
     assert jobs(plan, "segment") == {f"{size}-nepa" for size in SIZES[sizes]}
     # `ablations`: ViT-B only, one pretraining per documented row's model, none for a fine-tune-only row
     variants = {BY_KEY[key].variant for key in doc_rows}
-    pretrained = {PRETRAINED_BY.get(v, v) for v in variants}
+    pretrained = {pretrained_by(v) for v in variants}
     assert jobs(plan, "pretrain", "ablations") == {f"base-{v}" for v in pretrained}
-    assert not set(PRETRAINED_BY) & {run.split("-", 1)[1] for run in jobs(plan, "pretrain")}
+    fine_tune_only = {name for name, v in VARIANTS.items() if v.pretrained_by}
+    assert not fine_tune_only & {run.split("-", 1)[1] for run in jobs(plan, "pretrain")}
     finetuned = {BY_KEY[key].variant for key in doc_rows if BY_KEY[key].stage == "finetune"}
     assert jobs(plan, "finetune", "ablations") == {f"base-{v}" for v in finetuned}
     assert "base-no_stop_grad" not in jobs(plan, "finetune")  # its row is the collapse of its pretraining loss
@@ -98,7 +100,7 @@ def test_each_job_runs_its_rows_schedule(tmp_path: Path) -> None:
                 assert (s.total_steps, s.global_batch) == (epochs * steps_per_epoch(4096), 4096), key
     for key, d in doc.items():
         if d["versus"] != "-":
-            ours, theirs = (PRETRAINED_BY.get(BY_KEY[k].variant, BY_KEY[k].variant) for k in (key, d["versus"]))
+            ours, theirs = (pretrained_by(BY_KEY[k].variant) for k in (key, d["versus"]))
             assert pretrain_schedule(pretrain[f"base-{ours}"]) == pretrain_schedule(pretrain[f"base-{theirs}"]), key
 
 
@@ -162,7 +164,8 @@ def test_a_row_on_the_wrong_run_fails(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_a_fine_tune_only_variant_changing_its_pretraining_fails(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(ABLATIONS, "ft_causal", {"finetune": {"attention": "causal"}, "model": {"rope": False}})
+    changed = {"finetune": {"attention": "causal"}, "model": {"rope": False}}
+    monkeypatch.setitem(VARIANTS, "ft_causal", dataclasses.replace(VARIANTS["ft_causal"], overrides=changed))
     problems = audit(full_plan(tmp_path))
     assert any(
         "finetune base-ft_causal: fine-tunes the pretraining of base-nepa, whose params differ in model" in p

@@ -17,7 +17,7 @@ import yaml
 
 from nepa.config import SIZES, load_params
 from nepa.errors import UserError
-from nepa.presets import ABLATIONS
+from nepa.variants import VARIANTS
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "resolved_params.json"
 SCALES = ("embedded", "full")
@@ -32,7 +32,7 @@ def combinations() -> list[tuple[str, str, str, str, str]]:
         for scale in SCALES
         for recipe in RECIPES
         for size in SIZES
-        for variant in ABLATIONS
+        for variant in VARIANTS
         for launcher in LAUNCHERS
     ]
 

@@ -12,9 +12,10 @@ from test_report_seeds import record
 from test_workflow import copy_workflow, run
 
 from nepa.config import load_params
-from nepa.presets import ABLATION_TABLE, EMBEDDED, EMBEDDED_ABLATION, EMBEDDED_ABLATION_THREADS, stand_in
+from nepa.presets import EMBEDDED, EMBEDDED_ABLATION, EMBEDDED_ABLATION_THREADS
 from nepa.report import gather, tables
 from nepa.report.paper import BY_KEY
+from nepa.variants import VARIANTS, stand_in
 
 TABLE_1A = "sizes: [tiny]\nablation_variants: [no_shift, no_causal, no_stop_grad]\nablation_seeds: [0, 1]\n"
 
@@ -52,7 +53,7 @@ def test_ablations_target_runs_table_1a_one_thread_a_run_and_writes_its_report(t
     }
     assert threads["prepare_imagenet"] == 2  # a stage outside Table 1 keeps every core
     assert "nepa report --set results=results/ablations > logs/report_ablations.log" in dry
-    assert all(run.split("-s")[0] in ABLATION_TABLE for run in runs)
+    assert all(VARIANTS[run.split("-s")[0]].schedule for run in runs)
 
 
 def test_ablation_rows_judge_the_probe_against_their_baseline(tmp_path: Path) -> None:

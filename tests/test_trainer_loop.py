@@ -1,5 +1,6 @@
 """The training loop, in this process on a small model: it reads nothing back from the device between log steps
-(a per-step `float(grad_norm)` stalls a GPU's queue), and its rows reach TensorBoard as they reach metrics.csv.
+(a per-step `float(grad_norm)` stalls a GPU's queue), its rows reach TensorBoard as they reach metrics.csv, and
+its fault hooks are fixed before it starts.
 
 How it is seen on a CPU-only machine: a torch function mode watches every call that copies a tensor's value to
 the host (`item`, `tolist`, `__float__`/`__int__`/`__bool__`, `cpu`, `numpy`); each is charged to the innermost
@@ -16,6 +17,7 @@ import collections
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -27,8 +29,10 @@ from torch.overrides import TorchFunctionMode
 
 import nepa
 from nepa.engine import distributed
+from nepa.engine.checkpoint import latest_checkpoint, tag
+from nepa.engine.faults import Faults
 from nepa.engine.metrics import TENSORBOARD
-from nepa.engine.trainer import Task, TrainConfig, Trainer
+from nepa.engine.trainer import EXIT_NONFINITE, Task, TrainConfig, Trainer
 
 READS = {Tensor.item, Tensor.tolist, Tensor.__float__, Tensor.__int__, Tensor.__bool__, Tensor.cpu, Tensor.numpy}
 NEPA, TORCH = str(Path(nepa.__file__).parent), str(Path(torch.__file__).parent)
@@ -60,10 +64,8 @@ def device() -> Iterator[torch.device]:
     distributed.shutdown()
 
 
-@pytest.mark.parametrize("zero_stage", [0, 2])
-def test_no_host_read_between_log_steps_and_rows_reach_tensorboard(
-    tmp_path: Path, device: torch.device, zero_stage: int
-) -> None:
+def small_run(folder: Path, **settings: Any) -> tuple[Task, TrainConfig]:
+    """A small MLP regression of STEPS steps of two micro-batches (its task and config; `settings` over it)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8))
     data = [(torch.randn(4, 8), torch.randn(4, 8)) for _ in range(2 * STEPS)]
@@ -73,11 +75,19 @@ def test_no_host_read_between_log_steps_and_rows_reach_tensorboard(
         batches=lambda epoch, start: data[start:],
         batches_per_epoch=len(data),
     )
-    cfg = TrainConfig(
-        folder=tmp_path, epochs=1, warmup_epochs=0.2, global_batch=8, micro_batch=4, base_lr=0.1, betas=(0.9, 0.95),
+    cfg = dict(
+        folder=folder, epochs=1, warmup_epochs=0.2, global_batch=8, micro_batch=4, lr=3.125e-3, betas=(0.9, 0.95),
         weight_decay=0.05, grad_clip=1.0, ema_decay=0.9, checkpoint_every=1000, keep_last=1, log_every=LOG_EVERY,
-        seed=0, zero_stage=zero_stage,
+        seed=0,
     )  # fmt: skip
+    return task, TrainConfig(**(cfg | settings))
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_no_host_read_between_log_steps_and_rows_reach_tensorboard(
+    tmp_path: Path, device: torch.device, zero_stage: int
+) -> None:
+    task, cfg = small_run(tmp_path, zero_stage=zero_stage)
     trainer = Trainer(cfg, task, distributed.from_environ({}), device)
     with HostReads(lambda: trainer.engine.global_steps) as reads:
         assert trainer.fit() == 0
@@ -97,3 +107,24 @@ def test_no_host_read_between_log_steps_and_rows_reach_tensorboard(
         f"ZeRO-{zero_stage}: DeepSpeed's own host reads per step between log steps: "
         f"{deepspeed_per_step / len(between):.1f}"
     )
+
+
+def test_faults_are_read_once_at_start_up_and_the_nan_guard_stops_the_run(
+    tmp_path: Path, device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests' fault hooks are fixed when the Trainer is built (nepa/engine/faults.py), not looked up in the
+    loop: a variable removed after that still fires. The NaN of step 5 stops the run there (EXIT_NONFINITE) with
+    the checkpoint of step 4 intact and no row of step 5; a harness may hand the Trainer its faults instead."""
+    assert Faults.from_environ({"NEPA_EXIT_AT_STEP": "4", "OTHER": "1"}) == Faults(exit_at_step=4)
+    monkeypatch.setenv("NEPA_INJECT_NAN_AT_STEP", "5")
+    task, cfg = small_run(tmp_path / "env", checkpoint_every=2, log_every=1)
+    trainer = Trainer(cfg, task, distributed.from_environ({}), device)
+    monkeypatch.delenv("NEPA_INJECT_NAN_AT_STEP")
+    assert trainer.fit() == EXIT_NONFINITE
+    assert latest_checkpoint(cfg.folder / "checkpoints").name == tag(4)
+    assert pd.read_csv(cfg.folder / "metrics.csv")["step"].tolist() == [1, 2, 3, 4]
+
+    task, cfg = small_run(tmp_path / "installed", checkpoint_every=2, log_every=1)
+    installed = Trainer(cfg, task, distributed.from_environ({}), device, faults=Faults(nan_at_step=3))
+    assert installed.fit() == EXIT_NONFINITE
+    assert pd.read_csv(cfg.folder / "metrics.csv")["step"].tolist() == [1, 2]

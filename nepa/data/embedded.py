@@ -26,7 +26,9 @@ ADE20K layout, `{data.root}/raw/ADEChallengeData2016/`:
   drawn and labelled, so masks are exact. Everything is drawn from (params.seed, split, scene index).
 
 Each folder is written beside its final place and renamed into it when complete, with a stamp of the params
-it was made from: a re-run with the same params does nothing, other params replace it whole.
+it was made from: a re-run with the same params does nothing, other params replace it whole, and so does a
+re-run that finds a part gone or changed in number (val/ deleted, an annotation removed): it says which and
+writes the folder again.
 """
 
 from __future__ import annotations
@@ -191,11 +193,30 @@ def write_ade20k(out: Path, fmnist: Path, scenes: tuple[int, int], size: int, se
 # ---- replace-whole folders ------------------------------------------------------------------------
 
 
-def write_folder(final: Path, stamp: dict, fill: Callable[[Path], None]) -> bool:
-    """fill(tmp) a sibling folder, stamp it, and rename it into `final`; False when `final` is already that."""
+def count_files(folder: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(folder))
+
+
+def missing_parts(final: Path, expected: dict[str, int]) -> list[str]:
+    """The parts of a written folder (relative path -> how many files it holds) that lost or gained files."""
+    have = {
+        part: count_files(final / part) if (final / part).is_dir() else int((final / part).is_file())
+        for part in expected
+    }
+    return [f"{part} has {have[part]} of {n} files" for part, n in expected.items() if have[part] != n]
+
+
+def write_folder(final: Path, stamp: dict, fill: Callable[[Path], None], expected: dict[str, int]) -> str:
+    """fill(tmp) a sibling folder, stamp it, and rename it into `final`, unless `final` is that already, whole
+    (`expected`: files per part); returns what was done."""
     mark = final / STAMP
     if mark.is_file() and json.loads(mark.read_text()) == stamp:
-        return False
+        damage = missing_parts(final, expected)
+        if not damage:
+            return "up to date (same params)"
+        done = f"written again: {'; '.join(damage)}"  # a part deleted or changed since: the whole is remade
+    else:
+        done = "written"
     if final.exists() and not mark.is_file():
         raise UserError(f"{final}: exists and was not written by `nepa prepare embedded`; move it or set data.root")
     tmp, old = final.with_name(f".{final.name}.partial"), final.with_name(f".{final.name}.old")
@@ -208,7 +229,7 @@ def write_folder(final: Path, stamp: dict, fill: Callable[[Path], None]) -> bool
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-    return True
+    return done
 
 
 def prepare_embedded(params: Params, fashion_mnist_dir: str | None = None) -> None:
@@ -224,17 +245,26 @@ def prepare_embedded(params: Params, fashion_mnist_dir: str | None = None) -> No
         "scene_size": d.embedded_scene_size,
         "seed": params.seed,
     }
-    jobs: list[tuple[Path, dict, Callable[[Path], None]]] = [
+    (train, val), (training, validation) = d.embedded_images, d.embedded_scenes
+    jobs: list[tuple[Path, dict, Callable[[Path], None], dict[str, int]]] = [
         (
             raw / "imagenet",
             imagenet,
             lambda out: write_imagenet(out, fmnist, d.embedded_images, d.embedded_image_size, d.workers),
+            {"train": train, "val": val, "imagenet_class_index.json": 1},
         ),
         (
             raw / "ADEChallengeData2016",
             ade20k,
             lambda out: write_ade20k(out, fmnist, d.embedded_scenes, d.embedded_scene_size, params.seed, d.workers),
+            {
+                "images/training": training,
+                "annotations/training": training,
+                "images/validation": validation,
+                "annotations/validation": validation,
+                "objectInfo150.txt": 1,
+            },
         ),
     ]
-    for final, stamp, fill in jobs:
-        print(f"{final}: {'written' if write_folder(final, stamp, fill) else 'up to date (same params)'}")
+    for final, stamp, fill, expected in jobs:
+        print(f"{final}: {write_folder(final, stamp, fill, expected)}")

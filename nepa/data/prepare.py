@@ -1,9 +1,13 @@
 """`nepa prepare embedded | imagenet | ade20k`: write a dataset into versionable shards.
 
   nepa prepare embedded            Fashion-MNIST -> {data.root}/raw/{imagenet,ADEChallengeData2016} (real layouts)
-  nepa prepare imagenet [--src D]  ImageNet-1K folder -> {data.root}/shards/imagenet/ (+ manifest.json)
-  nepa prepare ade20k [--src D]    ADEChallengeData2016 folder -> {data.root}/shards/ade20k/
+  nepa prepare imagenet [--src X]  ImageNet-1K -> {data.root}/shards/imagenet/ (+ manifest.json)
+  nepa prepare ade20k [--src X]    ADE20K -> {data.root}/shards/ade20k/
 
+X is any form labs hold, recognised and said in one line: for ImageNet an ImageFolder tree, Kaggle's layout,
+the ILSVRC2012 tars with the devkit, or a Hugging Face copy (save_to_disk or Parquet); for ADE20K the
+ADEChallengeData2016 folder or zip, or Hugging Face's scene_parse_150 (nepa/data/imagenet_forms.py,
+nepa/data/ade20k_forms.py, docs/datasets.md). Archives and tables are read in place: nothing is extracted.
 --src defaults to the embedded raw folder at `scale: embedded`, to data.imagenet_src / data.ade20k_src at
 `scale: full`. For `embedded`, --src overrides data.fashion_mnist_dir. Re-running is cheap: finished work is
 kept (see nepa/data/embedded.py and nepa/data/shards.py).
@@ -37,7 +41,7 @@ def default_src(dataset: str, params: Params) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=["embedded", "imagenet", "ade20k"])
-    parser.add_argument("--src", type=Path, help="source folder (default: see below)")
+    parser.add_argument("--src", type=Path, help="the dataset as you hold it: a folder, archive or copy (see below)")
     parser.add_argument("--skip-bad", action="store_true", help="record bad files in the manifest and go on")
     parser.add_argument("--reencode-max-side", type=int, metavar="N", help="shrink images larger than N px")
     parser.epilog = __doc__
@@ -58,6 +62,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
             max_side=d.reencode_max_side if args.reencode_max_side is None else args.reencode_max_side,
             skip_bad=args.skip_bad or d.skip_bad,
             workers=d.workers,
+            class_index=d.class_index,
         )
     print(f"nepa prepare {args.dataset}: done in {time.perf_counter() - start:.1f} s")
     return 0

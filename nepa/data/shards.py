@@ -1,4 +1,7 @@
-"""Raw ImageNet-1K / ADE20K folders -> sharded Parquet + manifest.json, the form DVC versions and loaders read.
+"""ImageNet-1K / ADE20K, in any form held -> sharded Parquet + manifest.json, the form DVC versions and loaders read.
+
+The forms (folder trees, the distribution tars and zip, Hugging Face copies) are recognised and listed by
+nepa/data/imagenet_forms.py and nepa/data/ade20k_forms.py; their bytes are read in place (nepa/data/sources.py).
 
 Why shards: ImageNet-1K train is 1.28M files of ~110 KB. DVC hashes, caches and pushes per file, and file
 systems and object stores pay per file, so 1.28M files take hours where ~1300 large files take minutes.
@@ -16,23 +19,24 @@ Layout under {data.root}/shards/:
   ade20k/{training,validation}/part-NNNNN.parquet   key string, image binary, mask binary (PNG, mode L)
   <dataset>/manifest.json                           rows per split and shard, sha256 of every shard, class map,
                                                     re-encode setting, skipped files
-Rows follow the sorted source paths; the loaders shuffle. Every row group holds one row, so a loader reads a
+Rows follow the sorted keys (split/<wnid>/<file>, split/<file>), the same from a tree or the tars; a Hugging
+Face copy keeps its own row order. The loaders shuffle. Every row group holds one row, so a loader reads a
 random sample by reading its bytes only (the global per-epoch permutation needs random access); the cost
 is ~170 bytes of footer per row (0.2% of an ImageNet shard). No Parquet compression: JPEG and PNG bytes are
-compressed already. ImageNet labels index the sorted train/ synset
-folders (torchvision's ImageFolder order, which is ImageNet's standard class order).
+compressed already. ImageNet labels are the standard class index (synset ids sorted: torchvision's and
+Hugging Face's order) whatever the form (nepa/data/imagenet_forms.py says how each form proves it).
 
 Checks: every image is decoded (JPEG at 1/8 scale, which still reads all its data, so truncation shows) and
 every mask must be a mode L/P PNG of its image's size. A bad file, an empty class folder or a missing
 annotation stops the run with one line naming it, or with data.skip_bad (--skip-bad) is left out and recorded
 in the manifest.
 
-Resume: each shard carries in its Parquet metadata a fingerprint of what it holds (source paths, sizes and
-modification times, labels, re-encode setting). A re-run keeps the shards whose fingerprint matches and
-writes the others into .staging/, each whole or not at all. Only when every shard of every split is written are
-the new ones renamed into place (manifest.json removed just before, written last), so a run that fails midway
-(a bad file, a full disk, a signal) leaves the previous manifest and shards as they were, readable, and its
-staged shards are taken as they are by the next run.
+Resume: each shard carries in its Parquet metadata a fingerprint of what it holds (keys, the sources' sizes
+and modification times, with offsets or rows inside an archive or table, labels, re-encode setting). A re-run
+keeps the shards whose fingerprint matches and writes the others into .staging/, each whole or not at all.
+Only when every shard of every split is written are the new ones renamed into place (manifest.json removed
+just before, written last), so a run that fails midway (a bad file, a full disk, a signal) leaves the previous
+manifest and shards as they were, readable, and its staged shards are taken as they are by the next run.
 
 Re-encoding (data.reencode_max_side / --reencode-max-side, off by default): images whose long side exceeds
 N are shrunk to N (bicubic) and stored as JPEG quality REENCODE_QUALITY, masks resized to match (nearest);
@@ -41,165 +45,32 @@ the setting is part of the manifest and of every shard's fingerprint.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from nepa.data import ade20k_forms, imagenet_forms
 from nepa.data.parallel import run_parallel
+from nepa.data.sources import BadFile, Inventory, Item, Problems, read_sources, where
 from nepa.errors import UserError
 from nepa.files import atomic_path, atomic_write_text
-from nepa.layout import SPLITS
 
 FORMAT = 1
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
 REENCODE_QUALITY = 90
 MANIFEST = "manifest.json"
 STAGING = ".staging"  # new shards wait here until the whole set is written
-SKIP_HINT = "or re-run with --skip-bad to leave it out and record it in the manifest"
-
-
-class Item(NamedTuple):
-    """One row to be: the source image, its label (ImageNet) or its annotation (ADE20K)."""
-
-    key: str  # path relative to the source folder
-    image: str
-    stamp: tuple[int, ...]  # (size, mtime_ns) of the image (and mask): part of the fingerprint
-    label: int | None = None
-    mask: str | None = None
-
-
-@dataclass
-class Problems:
-    """Bad inputs: a UserError at the first, or with skip_bad a list for the manifest."""
-
-    skip_bad: bool
-    skipped: list[dict[str, str]] = field(default_factory=list)
-
-    def report(self, path: str | Path, reason: str, fix: str) -> None:
-        if not self.skip_bad:
-            raise UserError(f"{path}: {reason}; {fix}, {SKIP_HINT}")
-        self.skipped.append({"file": str(path), "reason": reason})
-
-
-@dataclass
-class Plan:
-    """What a dataset's shards will hold: its classes and the items of each split."""
-
-    name: str
-    source: Path
-    classes: list[dict[str, object]]
-    splits: dict[str, list[Item]]
-    problems: dict[str, Problems]
-
-
-# ---- reading the raw layouts ---------------------------------------------------------------------
-
-
-def _images(folder: Path) -> list[os.DirEntry[str]]:
-    return sorted(
-        (e for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)),
-        key=lambda e: e.name,
-    )
-
-
-def _stamp(path: os.DirEntry[str] | Path) -> tuple[int, int]:
-    """Size and modification time: a source file that changes makes its shard be written again."""
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _require_dir(path: Path, what: str) -> None:
-    if not path.is_dir():
-        raise UserError(f"{path}: {what} not found; pass --src the dataset folder (or set it in params.yaml)")
-
-
-def _imagenet_names(src: Path, wnids: list[str]) -> list[str]:
-    """Class names from imagenet_class_index.json (Keras) or LOC_synset_mapping.txt (Kaggle), else the wnids."""
-    names = dict.fromkeys(wnids, "")
-    if (src / "imagenet_class_index.json").is_file():
-        names.update(dict(json.loads((src / "imagenet_class_index.json").read_text()).values()))
-    elif (src / "LOC_synset_mapping.txt").is_file():
-        names.update(line.split(" ", 1) for line in (src / "LOC_synset_mapping.txt").read_text().splitlines())
-    return [names[w].strip() or w for w in wnids]
-
-
-def scan_imagenet(src: Path, skip_bad: bool) -> Plan:
-    """train/ and val/ with one folder per synset (val sorted into synsets, as torchvision/timm expect)."""
-    _require_dir(src, "ImageNet folder")
-    for split in SPLITS["imagenet"]:
-        _require_dir(src / split, f"ImageNet {split}/ folder")
-    wnids = sorted(e.name for e in os.scandir(src / "train") if e.is_dir())
-    if not wnids:
-        raise UserError(f"{src / 'train'}: no class folders; ImageNet train/ holds one folder per synset")
-    index = {w: k for k, w in enumerate(wnids)}
-    names = _imagenet_names(src, wnids)
-    plan = Plan("imagenet", src, [{"index": k, "id": w, "name": names[k]} for w, k in index.items()], {}, {})
-    for split in SPLITS["imagenet"]:
-        problems, items = Problems(skip_bad), []
-        folders = sorted(e.name for e in os.scandir(src / split) if e.is_dir())
-        if not folders:
-            raise UserError(f"{src / split}: no class folders; sort the images into synset folders (e.g. valprep.sh)")
-        for wnid in folders:
-            if wnid not in index:
-                raise UserError(f"{src / split / wnid}: class not in train/; remove it or restore train/{wnid}")
-            files = _images(src / split / wnid)
-            if not files:
-                problems.report(src / split / wnid, "empty class folder", "restore its images or remove the folder")
-            items += [Item(f"{split}/{wnid}/{e.name}", e.path, _stamp(e), label=index[wnid]) for e in files]
-        plan.splits[split], plan.problems[split] = items, problems
-    return plan
-
-
-def _ade20k_classes(src: Path) -> list[dict[str, object]]:
-    """ADE20K's objectInfo150.txt (tab-separated Idx Ratio Train Val Name); none if it is not there."""
-    path = src / "objectInfo150.txt"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [
-            {"index": int(row["Idx"]), "id": row["Idx"], "name": row["Name"]}
-            for row in csv.DictReader(f, delimiter="\t")
-        ]
-
-
-def scan_ade20k(src: Path, skip_bad: bool) -> Plan:
-    """images/{training,validation}/*.jpg with annotations/{training,validation}/<same name>.png."""
-    _require_dir(src, "ADEChallengeData2016 folder")
-    plan = Plan("ade20k", src, _ade20k_classes(src), {}, {})
-    for split in SPLITS["ade20k"]:
-        for kind in ("images", "annotations"):
-            _require_dir(src / kind / split, f"ADE20K {kind}/{split}/ folder")
-        problems, items = Problems(skip_bad), []
-        for e in _images(src / "images" / split):
-            mask = src / "annotations" / split / (Path(e.name).stem + ".png")
-            if not mask.is_file():
-                problems.report(mask, f"missing annotation of {e.path}", "restore it or remove the image")
-                continue
-            items.append(Item(f"{split}/{e.name}", e.path, _stamp(e) + _stamp(mask), mask=str(mask)))
-        plan.splits[split], plan.problems[split] = items, problems
-    return plan
 
 
 # ---- writing one shard (in a worker process) ------------------------------------------------------
-
-
-class BadFile(Exception):
-    """An unusable source file, turned into a UserError or a skipped entry by Problems.report."""
-
-    def __init__(self, path: str, reason: str, fix: str) -> None:
-        super().__init__(path, reason, fix)
-        self.path, self.reason, self.fix = path, reason, fix
 
 
 def _check(path: str, data: bytes) -> tuple[Image.Image, tuple[int, int]]:
@@ -223,25 +94,26 @@ def _resize(data: bytes, size: tuple[int, int], fmt: str, resample: Image.Resamp
     return out.getvalue()
 
 
-def read_item(item: Item, max_side: int | None) -> dict[str, object]:
-    """The row of one item, checked (and re-encoded if asked); BadFile if it is not usable."""
-    data = Path(item.image).read_bytes()
-    _, size = _check(item.image, data)
+def read_item(item: Item, data: bytes | BadFile, mask: bytes | BadFile | None, max_side: int | None) -> dict:
+    """The row of one item from its source bytes, checked (and re-encoded if asked); BadFile if not usable."""
+    for got in (data, mask):
+        if isinstance(got, BadFile):
+            raise got
+    _, size = _check(where(item.image), data)
     row: dict[str, object] = {"key": item.key, "image": data}
     if item.mask is None:
         row["label"] = item.label
     else:
-        mask = Path(item.mask).read_bytes()
-        m, mask_size = _check(item.mask, mask)
+        m, mask_size = _check(where(item.mask), mask)
         if m.format != "PNG" or m.mode not in ("L", "P"):
             raise BadFile(
-                item.mask,
+                where(item.mask),
                 f"annotation is {m.format} mode {m.mode}, not a PNG of class indices (mode L)",
                 "re-export it as an 8-bit PNG",
             )
         if mask_size != size:
             raise BadFile(
-                item.mask,
+                where(item.mask),
                 f"annotation is {mask_size[0]}x{mask_size[1]} but its image is {size[0]}x{size[1]}",
                 "re-export it at the image's size",
             )
@@ -273,9 +145,13 @@ def schema(dataset: str) -> pa.Schema:
 def write_shard(task: ShardTask) -> dict[str, object]:
     """Check and write one shard (whole or not at all); returns its manifest entry and its skipped files."""
     problems, rows = Problems(task.skip_bad), []
-    for item in task.items:
+    images = read_sources([item.image for item in task.items])
+    masks = read_sources([item.mask for item in task.items if item.mask is not None])
+    if not masks:
+        masks = [None] * len(images)
+    for item, data, mask in zip(task.items, images, masks, strict=True):
         try:
-            rows.append(read_item(item, task.max_side))
+            rows.append(read_item(item, data, mask, task.max_side))
         except BadFile as e:
             problems.report(e.path, e.reason, e.fix)
     meta = {"nepa.fingerprint": task.fingerprint, "nepa.skipped": json.dumps(problems.skipped)}
@@ -313,28 +189,29 @@ def fingerprint(items: list[Item], max_side: int | None) -> str:
 # ---- the whole dataset ---------------------------------------------------------------------------
 
 
-def write_dataset(plan: Plan, out: Path, *, images_per_shard: int, max_side: int | None, workers: int) -> dict:
-    """Write (or complete) the shards of `plan` under `out` and then its manifest.json; returns the manifest."""
+def write_dataset(
+    inventory: Inventory, out: Path, *, images_per_shard: int, max_side: int | None, workers: int
+) -> dict:
+    """Write (or complete) the shards of `inventory` under `out` and then its manifest.json; returns the manifest."""
     if images_per_shard < 1:
         raise UserError(f"data.images_per_shard must be at least 1, not {images_per_shard}")
     if max_side is not None and max_side < 1:
         raise UserError(f"data.reencode_max_side / --reencode-max-side must be at least 1 px, not {max_side}")
     staging = out / STAGING
     write, keep, staged, stale = [], [], [], []
-    for split, items in plan.splits.items():
+    for split, items in inventory.splits.items():
         folder = out / split
         folder.mkdir(parents=True, exist_ok=True)
         n = max(1, -(-len(items) // images_per_shard))
-        for path in folder.iterdir():  # shards beyond this plan: removed when the new set is complete
+        for path in folder.iterdir():  # shards beyond this inventory: removed when the new set is complete
             part = path.name.removeprefix("part-").split(".")[0]
             if path.name.endswith(".tmp") or (part.isdigit() and int(part) >= n):
                 stale.append(path)
         for k in range(n):
             chunk = items[k * images_per_shard : (k + 1) * images_per_shard]
             name = f"{split}/part-{k:05d}.parquet"
-            task = ShardTask(
-                plan.name, staging / name, chunk, fingerprint(chunk, max_side), max_side, plan.problems[split].skip_bad
-            )
+            skip_bad = inventory.problems[split].skip_bad
+            task = ShardTask(inventory.name, staging / name, chunk, fingerprint(chunk, max_side), max_side, skip_bad)
             if current_fingerprint(out / name) == task.fingerprint:
                 keep.append(dataclasses.replace(task, path=out / name))
             else:  # a shard staged by a run that failed later is taken as it is
@@ -342,13 +219,13 @@ def write_dataset(plan: Plan, out: Path, *, images_per_shard: int, max_side: int
                 staged.append(name)
     entries = {}
     jobs = [(t, len(t.items)) for t in write]
-    for entry in run_parallel(write_shard, jobs, workers=workers, desc=f"{plan.name} shards", unit="img"):
+    for entry in run_parallel(write_shard, jobs, workers=workers, desc=f"{inventory.name} shards", unit="img"):
         entries[entry["file"]] = entry
     for entry in run_parallel(
         kept_shard,
         [(t.path, len(t.items)) for t in keep],
         workers=workers,
-        desc=f"{plan.name} kept shards (sha256)",
+        desc=f"{inventory.name} kept shards (sha256)",
         unit="img",
     ):
         entries[entry["file"]] = entry
@@ -361,18 +238,18 @@ def write_dataset(plan: Plan, out: Path, *, images_per_shard: int, max_side: int
         path.unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     manifest = {
-        "dataset": plan.name,
+        "dataset": inventory.name,
         "format": FORMAT,
-        "source": str(plan.source),
-        "columns": schema(plan.name).names,
+        "source": str(inventory.source),
+        "columns": schema(inventory.name).names,
         "images_per_shard": images_per_shard,
         "reencode": {"max_side": max_side, "jpeg_quality": REENCODE_QUALITY if max_side else None},
-        "classes": plan.classes,
+        "classes": inventory.classes,
         "splits": {},
     }
-    for split in plan.splits:
+    for split in inventory.splits:
         shards = sorted((e for f, e in entries.items() if f.startswith(f"{split}/")), key=lambda e: e["file"])
-        skipped = plan.problems[split].skipped + [s for e in shards for s in e.pop("skipped")]
+        skipped = inventory.problems[split].skipped + [s for e in shards for s in e.pop("skipped")]
         manifest["splits"][split] = {"rows": sum(e["rows"] for e in shards), "shards": shards, "skipped": skipped}
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     print(
@@ -385,11 +262,20 @@ def write_dataset(plan: Plan, out: Path, *, images_per_shard: int, max_side: int
     return manifest
 
 
-SCANS = {"imagenet": scan_imagenet, "ade20k": scan_ade20k}
-
-
 def prepare_shards(
-    dataset: str, src: Path, out: Path, *, images_per_shard: int, max_side: int | None, skip_bad: bool, workers: int
+    dataset: str,
+    src: Path,
+    out: Path,
+    *,
+    images_per_shard: int,
+    max_side: int | None,
+    skip_bad: bool,
+    workers: int,
+    class_index: str | None = None,
 ) -> dict:
-    plan = SCANS[dataset](src, skip_bad)
-    return write_dataset(plan, out, images_per_shard=images_per_shard, max_side=max_side, workers=workers)
+    """Recognise the form at `src`, list it, and write (or complete) its shards under `out`."""
+    if dataset == "imagenet":
+        inventory = imagenet_forms.scan(src, skip_bad=skip_bad, workers=workers, class_index=class_index)
+    else:
+        inventory = ade20k_forms.scan(src, skip_bad=skip_bad)
+    return write_dataset(inventory, out, images_per_shard=images_per_shard, max_side=max_side, workers=workers)

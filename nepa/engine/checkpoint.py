@@ -48,9 +48,10 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from nepa.config import Params, operational_keys
-from nepa.engine import faults, rng
+from nepa.engine import rng
 from nepa.engine.distributed import DistEnv, barrier
 from nepa.engine.ema import Ema
+from nepa.engine.faults import NO_FAULTS, Faults
 from nepa.errors import UserError
 from nepa.files import atomic_write_text, fsync
 from nepa.models.weights import atomic_save_safetensors
@@ -126,10 +127,11 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 class Checkpoints:
-    def __init__(self, folder: Path, keep_last: int, env: DistEnv):
+    def __init__(self, folder: Path, keep_last: int, env: DistEnv, faults: Faults = NO_FAULTS):
         self.folder = folder
         self.keep_last = max(1, keep_last)
         self.env = env
+        self.faults = faults
 
     def latest(self) -> Path | None:
         return latest_checkpoint(self.folder)
@@ -162,7 +164,7 @@ class Checkpoints:
             if (cause := _write_error(partial / name)) is None:
                 raise
             raise cause from e
-        faults.exit_if_armed("NEPA_EXIT_IN_CHECKPOINT", state.step)
+        self.faults.in_checkpoint(state.step)
         ema_state = ema.state_dict() if ema is not None else None  # collective under ZeRO-3
         tensors, meta = rng.capture()
         atomic_save_safetensors(tensors, partial / name / f"rng-rank{self.env.rank}.safetensors", meta)

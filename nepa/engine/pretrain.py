@@ -52,12 +52,14 @@ def images_loss(model: models.NepaViT, batch: tuple[Tensor, Tensor], objective: 
 
 
 def build_model(params: Params) -> models.NepaViT:
-    return models.create(
+    model = models.create(
         params.model.timm_name,
         **params.model.architecture(),
         drop_path=params.pretrain.drop_path,
         mask_token=params.objective.mask_ratio > 0,  # input-embedding masking (Table 1c) needs the learned token
     )
+    model.set_grad_checkpointing(params.pretrain.grad_checkpointing)
+    return model
 
 
 def main(args: argparse.Namespace, params: Params) -> int:
@@ -94,7 +96,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         "variant": params.variant,
     }
     folder = stage_folder(params)
-    cfg = TrainConfig.from_section(
+    cfg = TrainConfig.from_params(
         p,
         folder=folder,
         seed=params.seed,

@@ -18,25 +18,26 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import deepspeed
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from nepa.config import FinetuneParams, PretrainParams, SegmentParams
 from nepa.dvc_lock import recorded
-from nepa.engine import faults, rng
+from nepa.engine import rng
 from nepa.engine.checkpoint import ELASTIC_STAGES, Checkpoints, TrainState, read_state
 from nepa.engine.distributed import DistEnv, several_processes
 from nepa.engine.ema import Ema
+from nepa.engine.faults import Faults
 from nepa.engine.metrics import FIELDS, LossMeter, MetricsLog
 from nepa.engine.optim import param_groups
-from nepa.engine.schedule import accumulation_steps, peak_lr, plan, warmup_cosine
+from nepa.engine.schedule import accumulation_steps, step_counts, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shielded_batches
 from nepa.errors import UserError
 
@@ -45,12 +46,13 @@ EXIT_NONFINITE = 3
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What the engine needs from a stage's params section (pretrain, finetune, ...)."""
+    """What the engine trains with, in its own terms: the stages build it from their params (`from_params`), the
+    benchmarks and the engine's tests directly."""
 
     folder: Path  # the stage's run folder: checkpoints/ and metrics.csv go here
     global_batch: int
     micro_batch: int
-    base_lr: float
+    lr: float  # the peak lr itself; the schedule scales it from warm-up to 0, and nothing else does
     betas: tuple[float, float]
     weight_decay: float
     grad_clip: float | None
@@ -72,9 +74,31 @@ class TrainConfig:
     resume_key: str = ""
 
     @classmethod
-    def from_section(cls, section: BaseModel, **rest: Any) -> TrainConfig:
-        names = {f.name for f in fields(cls)} - set(rest)
-        return cls(**{k: v for k, v in section.model_dump().items() if k in names}, **rest)
+    def from_params(
+        cls,
+        section: PretrainParams | FinetuneParams | SegmentParams,
+        *,
+        folder: Path,
+        seed: int,
+        name: str,
+        card: dict[str, str],
+        resume_key: str,
+    ) -> TrainConfig:
+        """A training stage's config: which key of its params section goes where."""
+        if isinstance(section, SegmentParams):  # the mmseg recipe: optimizer steps (iterations), no EMA
+            length: dict[str, Any] = dict(steps=section.iterations, warmup_steps=section.warmup_iterations)
+            ema_decay = None
+        else:
+            length = dict(epochs=section.epochs, warmup_epochs=section.warmup_epochs, max_steps=section.max_steps)
+            ema_decay = section.ema_decay
+        return cls(  # by concern: batch, optimizer, schedule and averaging, bookkeeping, identity
+            global_batch=section.global_batch, micro_batch=section.micro_batch, zero_stage=section.zero_stage,
+            precision=section.precision,
+            lr=section.lr, betas=section.betas, weight_decay=section.weight_decay, grad_clip=section.grad_clip,
+            ema_decay=ema_decay, **length,
+            checkpoint_every=section.checkpoint_every, keep_last=section.keep_last, log_every=section.log_every,
+            folder=folder, seed=seed, name=name, card=card, resume_key=resume_key,
+        )  # fmt: skip
 
 
 @dataclass
@@ -177,10 +201,12 @@ class NonFiniteGuard:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, task: Task, env: DistEnv, device: torch.device):
+    def __init__(self, cfg: TrainConfig, task: Task, env: DistEnv, device: torch.device, faults: Faults | None = None):
+        """`faults`: the tests' injected failures (nepa/engine/faults.py); default: the environment's, read here."""
         self.cfg, self.task, self.env, self.device = cfg, task, env, device
+        self.faults = Faults.from_environ() if faults is None else faults
         self.accumulation = accumulation_steps(cfg.global_batch, cfg.micro_batch, env.world)
-        self.plan = plan(
+        self.counts = step_counts(
             cfg.epochs,
             cfg.warmup_epochs,
             cfg.max_steps,
@@ -189,18 +215,17 @@ class Trainer:
             cfg.steps,
             cfg.warmup_steps,
         )
-        self.peak_lr = peak_lr(cfg.base_lr, cfg.global_batch)
         groups = task.param_groups or param_groups(task.model, cfg.weight_decay)
         for group in groups:
-            group["lr"] = self.peak_lr * group.get("lr_scale", 1.0)
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
         # CUDA: one fused kernel for every parameter (same update rule); CPU: torch's default, as before
         fused = {"fused": True} if device.type == "cuda" else {}
-        optimizer = torch.optim.AdamW(groups, lr=self.peak_lr, betas=cfg.betas, **fused)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
         lr_factor = self.lr_factor = functools.partial(
-            warmup_cosine, warmup_steps=self.plan.warmup_steps, total_steps=self.plan.total_steps
+            warmup_cosine, warmup_steps=self.counts.warmup_steps, total_steps=self.counts.total_steps
         )
         if task.lr_scale is not None:
-            total = self.plan.total_steps
+            total = self.counts.total_steps
             lr_factor = [
                 functools.partial(
                     scaled_factor, factor=lr_factor, lr_scale=task.lr_scale, group=group, total_steps=total
@@ -208,7 +233,7 @@ class Trainer:
                 for group in groups
             ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env)
+        self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env, self.faults)
         if env.is_main:
             self._start_over_where_dvc_holds_other_params()
         self.checkpoints.tidy()
@@ -313,14 +338,14 @@ class Trainer:
         return EXIT_NONFINITE
 
     def _fit(self) -> int:
-        cfg, plan_, engine = self.cfg, self.plan, self.engine
+        cfg, counts, engine = self.cfg, self.counts, self.engine
         state = self._start()
         if self.env.is_main:
             self.metrics = MetricsLog(cfg.folder / "metrics.csv", state.step or None, FIELDS + self.task.eval_fields)
         metrics = self.metrics
         meter, guard = LossMeter(self.device), NonFiniteGuard(self.device)
         bar = tqdm(
-            total=plan_.stop_step,
+            total=counts.stop_step,
             initial=state.step,
             disable=not self.env.is_main,
             desc=cfg.name,
@@ -332,13 +357,11 @@ class Trainer:
         wall0, t0 = state.wall_s, time.perf_counter()
         t_row, steps_in_row = t0, 0
         with Preemption() as preemption, bar:
-            while state.step < plan_.stop_step:
+            while state.step < counts.stop_step:
                 if batches is None:
                     batches = self._epoch_batches(state)
                 for _ in range(self.accumulation):
-                    loss = engine(to_device(next(batches), self.device))
-                    if faults.armed("NEPA_INJECT_NAN_AT_STEP", state.step + 1):
-                        loss = loss * float("nan")
+                    loss = self.faults.loss(state.step + 1, engine(to_device(next(batches), self.device)))
                     engine.backward(loss)
                     if stage0 and engine.is_gradient_accumulation_boundary():
                         stage0_norm = self._unreduced_grad_norm()
@@ -346,10 +369,10 @@ class Trainer:
                     meter.add(loss)
                 # stage 0: a device tensor; ZeRO 1-3: a float, which DeepSpeed's own overflow check has read back
                 grad_norm = stage0_norm if stage0 else engine.get_global_grad_norm()
-                lr = self.peak_lr * self.lr_factor(state.step)
+                lr = cfg.lr * self.lr_factor(state.step)
                 state.step += 1
                 state.batch += self.accumulation
-                if state.batch == plan_.steps_per_epoch * self.accumulation:
+                if state.batch == counts.steps_per_epoch * self.accumulation:
                     state.epoch, state.batch, batches = state.epoch + 1, 0, None
                 guard.note(state.step, meter.total, grad_norm)
                 if self.ema is not None:  # of a bad step too: in memory only, never saved (the guard reads first)
@@ -358,9 +381,9 @@ class Trainer:
                 bar.update(1)
 
                 signum = preemption.agreed()
-                checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == plan_.stop_step or signum
+                checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == counts.stop_step or signum
                 epoch_end = state.batch == 0 and self.task.eval_each_epoch
-                eval_due = self.task.evaluate is not None and (epoch_end or state.step == plan_.stop_step)
+                eval_due = self.task.evaluate is not None and (epoch_end or state.step == counts.stop_step)
                 if state.step % cfg.log_every == 0 or checkpoint_due or eval_due:
                     if bad_step := guard.first_bad():
                         return self._stop_nonfinite(bad_step)
@@ -370,7 +393,7 @@ class Trainer:
                     speed = cfg.global_batch * steps_in_row / (now - t_row)
                     row = dict(
                         step=state.step,
-                        epoch=state.step / plan_.steps_per_epoch,
+                        epoch=state.step / counts.steps_per_epoch,
                         loss=mean_loss,
                         lr=lr,
                         grad_norm=float(grad_norm),
@@ -384,7 +407,7 @@ class Trainer:
                         metrics.append(row)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{speed:.0f}")
                     t_row, steps_in_row = now, 0
-                faults.exit_if_armed("NEPA_EXIT_AT_STEP", state.step)
+                self.faults.after_step(state.step)
                 if checkpoint_due:
                     path = self.checkpoints.save(engine, self.ema, state)
                 if signum:
@@ -394,7 +417,7 @@ class Trainer:
         return 0
 
     def fit(self) -> int:
-        """Train to the plan's stop step; the exit status (module doc)."""
+        """Train to the run's stop step (StepCounts.stop_step); the exit status (module doc)."""
         try:
             return self._fit()
         finally:

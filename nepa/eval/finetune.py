@@ -7,7 +7,8 @@ released scripts), on the engine (nepa/engine: DeepSpeed, checkpoints with exact
     AdamW, warm-up + cosine, layer-wise lr decay (fixed, or the paper's ramp to 1.0), EMA of the weights
     each epoch end (and the last step): top-1/top-5 of the online and the EMA weights on the val shards
 
-Writes {runs}/{size}-{variant}/finetune[-random]/: checkpoints/, metrics.csv (loss curve; the accuracies in
+Writes {runs}/{size}-{variant}/finetune[-random]/: checkpoints/ (their card holds the architecture), classes.json
+(the class of each output: `nepa export --stage finetune` names them), metrics.csv (loss curve; the accuracies in
 the rows of epoch ends), metrics.json (the final accuracies, and the one `finetune.report` picks).
 """
 
@@ -15,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,10 +37,12 @@ from nepa.engine.ema import Ema
 from nepa.engine.trainer import Task, Trainer
 from nepa.eval import layer_decay, stage
 from nepa.eval.classify import accuracy
+from nepa.files import atomic_write_text
 from nepa.models import NepaViT
 from nepa.provenance import write_metrics
 
 VERB = "finetune"
+CLASSES_FILE = "classes.json"  # the prepared split's classes ({index, id, name}), beside checkpoints/
 WEIGHTS = ("online", "ema")
 
 
@@ -47,6 +53,7 @@ def build_model(params: Params, weights: Path | None, num_classes: int) -> NepaV
         params, weights, num_classes=0, causal=f.attention == "causal", pooling=f.pooling, drop_path=f.drop_path
     )
     model.reset_classifier(num_classes, zero_init=True)
+    model.set_grad_checkpointing(f.grad_checkpointing)
     if f.qk_norm_affine and model.cfg.qk_norm and not model.cfg.qk_norm_affine:
         learnable_qk_norm(model)
     if f.freeze_patch_embed:  # Table 1d: a frozen patch embedding fine-tunes better (77.4 vs 73.1)
@@ -138,7 +145,8 @@ def main(args: argparse.Namespace, params: Params) -> int:
     env = distributed.from_environ()
     device = distributed.init(env)
 
-    num_classes = len(read_split(train)[0]["classes"])
+    classes = read_split(train)[0]["classes"]
+    num_classes = len(classes)
     model = build_model(params, weights, num_classes)
     loader = functools.partial(make_loader, rank=env.rank, world=env.world, seed=params.seed,
                                num_workers=f.num_workers, verify=params.data.verify_shards,
@@ -151,17 +159,24 @@ def main(args: argparse.Namespace, params: Params) -> int:
         loader, "eval", val, batch_size=f.micro_batch, epoch=0, drop_last=False, crop_ratio=f.eval_crop_ratio
     )
     evaluator = Evaluator(model, val_batches, device, progress=env.is_main)
+    decay = layer_decay.groups(model, f.weight_decay, f.layer_decay, ramp=f.layer_decay_ramp)
     task = Task(
         model=model,
         loss=make_loss(f, num_classes),
         batches=lambda epoch, start: train_batches(epoch=epoch, start_batch=start),
         batches_per_epoch=num_batches(train, batch_size=f.micro_batch, world=env.world),
-        param_groups=layer_decay.param_groups(model, f.weight_decay),
-        lr_scale=functools.partial(layer_decay.lr_scale, start=f.layer_decay, ramp=f.layer_decay_ramp),
+        param_groups=decay.param_groups,
+        lr_scale=decay.lr_scale,
         evaluate=evaluator,
         eval_fields=Evaluator.fields(f.ema_decay is not None),
     )
-    cfg = stage.train_config(f, params, VERB, weights, train, folder)
+    cfg = stage.train_config(f, params, VERB, weights, train, folder, model.cfg)
+    classes_json = json.dumps(classes, indent=1) + "\n"
+    if env.is_main:
+        atomic_write_text(folder / CLASSES_FILE, classes_json)
+    cfg = dataclasses.replace(
+        cfg, card={**cfg.card, "classes_sha256": hashlib.sha256(classes_json.encode()).hexdigest()}
+    )
     trainer = Trainer(cfg, task, env, device)
     status = trainer.fit()
     if status == 0:

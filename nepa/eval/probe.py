@@ -86,7 +86,7 @@ def train_linear(
     head = nn.Linear(x.shape[1], num_classes).to(device)
     nn.init.zeros_(head.weight)  # a convex problem: zero start, no init noise in the result
     nn.init.zeros_(head.bias)
-    lr = p.base_lr * p.global_batch / 256
+    lr = p.lr
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=p.weight_decay)
     per_epoch = steps_per_epoch(len(x), p)
     total = max(1, round(p.epochs * per_epoch))

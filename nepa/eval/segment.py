@@ -116,6 +116,7 @@ def build_model(params: Params, weights: Path | None, num_classes: int, device: 
     s = params.segment
     rng.seed_all(params.seed)  # the same head (and random-init backbone) on every rank
     backbone = stage.build(params, weights, num_classes=0, causal=False, drop_path=s.drop_path)
+    backbone.set_grad_checkpointing(s.grad_checkpointing)
     taps = s.taps or default_taps(backbone.cfg.depth)
     if len(taps) != 4 or list(taps) != sorted(set(taps)) or not 0 <= taps[0] <= taps[-1] < backbone.cfg.depth:
         raise UserError(
@@ -165,29 +166,19 @@ def main(args: argparse.Namespace, params: Params) -> int:
             confusion[:] = [evaluate(model, val_batches(), s, num_classes, device, progress=env.is_main)]
         return {f"val_{k}": v for k, v in scores(confusion[0]).items()}
 
+    decay = layer_decay.groups(model, s.weight_decay, s.layer_decay, ramp=False)
     task = Task(
         model=model,
         loss=loss,
         batches=lambda epoch, start: train_batches(epoch=epoch, start_batch=start),
         batches_per_epoch=num_batches(train, batch_size=s.micro_batch, world=env.world),
-        param_groups=layer_decay.param_groups(model, s.weight_decay, prefix="backbone."),
-        lr_scale=functools.partial(layer_decay.lr_scale, start=s.layer_decay, ramp=False),
+        param_groups=decay.param_groups,
+        lr_scale=decay.lr_scale,
         evaluate=evaluate_model,
         eval_fields=("val_miou", "val_pixel_acc", "val_mean_acc"),  # miou.scores
         eval_each_epoch=False,
     )
-    cfg = stage.train_config(
-        s,
-        params,
-        VERB,
-        weights,
-        train,
-        folder,
-        ema_decay=None,
-        base_lr=s.lr * 256 / s.global_batch,  # the engine scales base_lr by global_batch / 256; s.lr is the lr
-        steps=s.iterations,
-        warmup_steps=s.warmup_iterations,  # the recipe counts iterations: optimizer steps
-    )
+    cfg = stage.train_config(s, params, VERB, weights, train, folder, model.backbone.cfg)
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:
         if not confusion:  # a finished run that was only resumed evaluates here

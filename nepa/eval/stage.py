@@ -9,17 +9,17 @@ weights) and `--init random` the same architecture from scratch, the baseline a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel
-
 from nepa import layout
-from nepa.config import Params
+from nepa.config import FinetuneParams, Params, SegmentParams
 from nepa.engine.checkpoint import resume_key
 from nepa.engine.trainer import TrainConfig
 from nepa.errors import require_file
-from nepa.models import NepaViT, create
+from nepa.models import NepaConfig, NepaViT, create
 from nepa.provenance import sha256_file
 
 RANDOM = "random"
@@ -89,13 +89,27 @@ def digest(weights: Path | None) -> str:
 
 
 def train_config(
-    section: BaseModel, params: Params, verb: str, weights: Path | None, train: Path, folder: Path, **overrides: Any
+    section: FinetuneParams | SegmentParams,
+    params: Params,
+    verb: str,
+    weights: Path | None,
+    train: Path,
+    folder: Path,
+    architecture: NepaConfig,
 ) -> TrainConfig:
     """The engine's config of a downstream verb from its params `section`: its model card (the backbone it starts
-    from, the data, the architecture) and a resume key over the section, the backbone and the split's manifest,
-    so a checkpoint of other params, weights or data is never resumed; `overrides` replace section fields."""
-    card = {"init": str(weights or RANDOM), "data": str(train), "model": params.model.timm_name}
-    key = resume_key(params, (verb,), digest(weights), sha256_file(train.parent / "manifest.json"))
-    return TrainConfig.from_section(
-        section, folder=folder, seed=params.seed, name=f"nepa {verb}", card=card, resume_key=key, **overrides
+    from, the data, the architecture as built: `nepa export` rebuilds the model from it) and a resume key over the
+    section, the backbone, the split's manifest and the architecture, so a checkpoint of other params, weights or
+    data is never resumed (nor one written before the card held the architecture, whose optimizer groups nepa
+    built otherwise)."""
+    nepa_config = json.dumps(dataclasses.asdict(architecture))
+    card = {
+        "init": str(weights or RANDOM),
+        "data": str(train),
+        "model": params.model.timm_name,
+        "nepa_config": nepa_config,
+    }
+    key = resume_key(params, (verb,), digest(weights), sha256_file(train.parent / "manifest.json"), nepa_config)
+    return TrainConfig.from_params(
+        section, folder=folder, seed=params.seed, name=f"nepa {verb}", card=card, resume_key=key
     )

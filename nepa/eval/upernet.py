@@ -1,7 +1,7 @@
 """UperNet on a plain ViT, in plain PyTorch (no mmcv/mmseg): the BEiT/MAE ADE20K segmenter.
 
     x (B, 3, H, W) --pad right/bottom to a multiple of the patch--> bidirectional backbone
-      block taps t0..t3, each (B, D, H/p, W/p)
+      block taps t0..t3 (timm's forward_intermediates), each (B, D, H/p, W/p)
       --pyramid--> 4x, 2x, 1x, 1/2x the token grid (two 2x deconvs / one deconv / identity / 2x2 max-pool)
       --UPerHead--> PPM on the coarsest, FPN laterals + top-down sums, 3x3 convs, all upsampled and fused,
                     dropout, 1x1 classifier
@@ -11,6 +11,8 @@ Conv -> BatchNorm -> ReLU everywhere, as mmseg's ConvModule; segment.py makes BN
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -102,9 +104,10 @@ class UperNet(nn.Module):
         super().__init__()
         if len(taps) != 4:
             raise ValueError(f"UperNet taps four blocks, got {taps}")
-        self.backbone, self.taps = backbone, tuple(taps)
-        # Dense features come from the tapped blocks: the final LayerNorm would get no gradient (build with 0 classes).
-        backbone.norm = nn.Identity()
+        self.backbone, self.taps = backbone, list(taps)
+        # Dense features come from the tapped blocks: what follows the last tap (blocks, final norm, any head) would
+        # get no gradient, so it goes (timm's prune_intermediate_layers).
+        backbone.prune_intermediate_layers(self.taps, prune_norm=True)
         dim = backbone.embed_dim
         self.pyramid = FeaturePyramid(dim)
         self.head = UperHead(dim, channels, num_classes)
@@ -113,11 +116,15 @@ class UperNet(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """The backbone's layers (layer-wise lr decay); the pyramid and heads sit above its last block."""
+        return self.backbone.group_matcher(coarse, prefix="backbone.")
+
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         h, w = x.shape[-2:]
         p = self.backbone.cfg.patch_size
         padded = F.pad(x, (0, -w % p, 0, -h % p))  # zeros = the normalised mean; 512 -> 518 at patch 14
-        maps = self.pyramid(self.backbone.forward_dense(padded, self.taps))
+        maps = self.pyramid(self.backbone.forward_intermediates(padded, self.taps, intermediates_only=True))
         logits = resize(self.head(maps), padded.shape[-2:])[..., :h, :w]
         if self.aux_head is None or not self.training:
             return logits

@@ -11,21 +11,35 @@ The math follows the official implementation (SihanXU/nepa, the `transformers` V
 released checkpoints load and reproduce its outputs (tests/test_official_parity.py); the knobs where
 the paper and the code disagree are fields of `NepaConfig`.
 
-From timm: the MLPs, LayerScale, DropPath, the activations. Kept here though timm's match the official outputs
-too (tests/test_model.py): the RoPE table (timm's RotaryEmbeddingDinoV3 draws its training-time augmentation on
-the CPU and copies the grid to the device each forward: a host sync per step on a GPU) and the attention (timm's
-AttentionRope rotates by splitting off the CLS and concatenating copies: ~3x the time of `apply_rope`).
+The timm model conventions are at the bottom of `NepaViT` (features, groups, heads, gradient checkpointing).
+
+From timm: the MLPs, LayerScale, DropPath, the activations, checkpointing. Kept here though timm's match the
+official outputs too (tests/test_model.py): the RoPE table (timm's RotaryEmbeddingDinoV3 draws its training-time
+augmentation on the CPU and copies the grid to the device each forward: a host sync per step on a GPU) and the
+attention (timm's AttentionRope rotates by splitting off the CLS and concatenating copies: ~3x the time of
+`apply_rope`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, LayerScale, Mlp, SwiGLU, calculate_drop_path_rates, get_act_layer
+from timm.layers import (
+    DropPath,
+    LayerScale,
+    Mlp,
+    SwiGLU,
+    calculate_drop_path_rates,
+    get_act_layer,
+    get_device_dtype,
+)
+from timm.models import checkpoint
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 
@@ -58,7 +72,9 @@ class NepaConfig:
     proj_drop: float = 0.0
     attn_drop: float = 0.0
     num_classes: int = 0
-    pooling: Literal["mean", "last"] = "mean"  # mean: mean(patches) -> LayerNorm -> Linear
+    # mean: mean(patches) -> LayerNorm -> Linear; last: the last token -> Linear; "": no pooling (every token).
+    # timm's `global_pool` names them "avg", "last", "" (GLOBAL_POOLS).
+    pooling: Literal["mean", "last", ""] = "mean"
 
     @property
     def head_dim(self) -> int:
@@ -69,6 +85,11 @@ class NepaConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.rope and self.head_dim % 4:
             raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {self.head_dim}")
+        if self.pooling not in GLOBAL_POOLS.values():
+            raise ValueError(f"pooling {self.pooling!r} is not one of {sorted(GLOBAL_POOLS.values())}")
+
+
+GLOBAL_POOLS = {"avg": "mean", "last": "last", "": ""}  # timm's global_pool -> NepaConfig.pooling
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,8 +214,10 @@ class NepaViT(nn.Module):
     def __init__(self, cfg: NepaConfig):
         super().__init__()
         self.cfg = cfg
-        self.num_features = self.embed_dim = cfg.embed_dim
+        self.num_features = self.head_hidden_size = self.embed_dim = cfg.embed_dim
+        self.in_chans = cfg.in_chans
         self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
         self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.mask_token else None
@@ -202,11 +225,14 @@ class NepaViT(nn.Module):
         self.rope = Rope2D(cfg) if cfg.rope else None
         # stochastic depth grows linearly with depth
         self.blocks = nn.ModuleList(Block(cfg, p) for p in calculate_drop_path_rates(cfg.drop_path, cfg.depth))
+        self.feature_info = [  # timm's: what forward_intermediates returns of each block
+            dict(module=f"blocks.{i}", num_chs=cfg.embed_dim, reduction=cfg.patch_size) for i in range(cfg.depth)
+        ]
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         # Classification head parts exist only with classes, so pretraining has no unused parameters.
         self.fc_norm: nn.Module = nn.Identity()
         self.head: nn.Module = nn.Identity()
-        self.reset_classifier(cfg.num_classes, zero_init=False)
+        self.reset_classifier(cfg.num_classes)
         self.apply(self._init_weights)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
@@ -225,16 +251,23 @@ class NepaViT(nn.Module):
         return torch.cat((self.cls_token.expand(x.shape[0], -1, -1), patches), dim=1)
 
     def encode(
-        self, x: Tensor, patch_mask: Tensor | None = None, causal: bool | None = None, taps: tuple[int, ...] = ()
+        self,
+        x: Tensor,
+        patch_mask: Tensor | None = None,
+        causal: bool | None = None,
+        taps: list[int] | tuple[int, ...] = (),
+        stop: int | None = None,
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Returns (z, final-LayerNorm output, [block outputs of `taps`]).
+        """Returns (z, final-LayerNorm output, [block outputs of `taps`]), running blocks 0..`stop` (default all).
 
         patch_mask (B, N) bool replaces those patch embeddings by the mask token on the input side only;
         z stays clean (the targets). Sides of x must be multiples of the patch size.
         """
         p = self.cfg.patch_size
-        if x.shape[-2] % p or x.shape[-1] % p:
-            raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of the patch size {p}")
+        # torch._assert, not `if ...: raise`: a check that fx traces (no Python branch on the input's shape)
+        torch._assert(
+            (x.shape[-2] % p == 0) & (x.shape[-1] % p == 0), f"input sides must be multiples of the patch size {p}"
+        )
         z = self.embed(x)
         h = z
         if patch_mask is not None:
@@ -246,9 +279,13 @@ class NepaViT(nn.Module):
         grid = (x.shape[-2] // p, x.shape[-1] // p)
         rope = self.rope(*grid, self.num_prefix_tokens, h.dtype) if self.rope is not None else None
         causal = self.cfg.causal if causal is None else causal
+        blocks = self.blocks if stop is None else self.blocks[: stop + 1]
         tapped = []
-        for i, block in enumerate(self.blocks):
-            h = block(h, rope, causal)
+        for i, block in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():  # keep block inputs, recompute the rest
+                h = checkpoint(block, h, rope, causal)
+            else:
+                h = block(h, rope, causal)
             if i in taps:
                 tapped.append(h)
         return z, self.norm(h), tapped
@@ -265,34 +302,102 @@ class NepaViT(nn.Module):
         return self.encode(x)[1]
 
     def forward_head(self, h: Tensor, pre_logits: bool = False) -> Tensor:
-        pooled = self.fc_norm(h[:, 1:].mean(dim=1)) if self.cfg.pooling == "mean" else h[:, -1]
-        return pooled if pre_logits else self.head(pooled)
+        if self.cfg.pooling == "mean":
+            h = self.fc_norm(h[:, self.num_prefix_tokens :].mean(dim=1))
+        elif self.cfg.pooling == "last":
+            h = h[:, -1]
+        return h if pre_logits else self.head(h)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_dense(self, x: Tensor, taps: tuple[int, ...]) -> list[Tensor]:
-        """Patch-token feature maps (B, D, H/p, W/p) of the blocks in `taps` (0-based), for dense heads."""
-        _, _, tapped = self.encode(x, taps=taps)
-        gh, gw = x.shape[-2] // self.cfg.patch_size, x.shape[-1] // self.cfg.patch_size
-        return [t[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, gh, gw) for t in tapped]
-
     # -- timm conventions ----------------------------------------------------------------------
 
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's feature API: the outputs of the blocks in `indices` (0-based; an int n: the last n; None: all),
+        as patch-token maps (B, D, H/p, W/p) (NCHW) or sequences (B, N, D) (NLC), the CLS apart (with it as
+        (map, cls) pairs where `return_prefix_tokens`); `norm`: through the final LayerNorm. Returns
+        (final-LayerNorm output, intermediates), or the intermediates alone."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt {output_fmt!r}: one of NCHW, NLC")
+        take, last = feature_take_indices(len(self.blocks), indices)
+        _, final, tapped = self.encode(x, taps=take, stop=last if stop_early else None)
+        tapped = [self.norm(t) if norm else t for t in tapped]
+        maps = [t[:, self.num_prefix_tokens :] for t in tapped]
+        if output_fmt == "NCHW":
+            grid = (x.shape[-2] // self.cfg.patch_size, x.shape[-1] // self.cfg.patch_size)
+            maps = [m.transpose(1, 2).reshape(x.shape[0], -1, *grid) for m in maps]
+        if return_prefix_tokens:
+            maps = list(zip(maps, [t[:, : self.num_prefix_tokens] for t in tapped], strict=True))
+        return maps if intermediates_only else (final, maps)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of `indices` (and the final norm, the head) that features do not need."""
+        take, last = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: last + 1]
+        self.feature_info = self.feature_info[: last + 1]
+        self.cfg.depth = len(self.blocks)  # the config keeps describing the model
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict[str, Any]:
+        """timm's parameter groups (`timm.optim.param_groups_layer_decay` builds layer-wise lr decay on them): the
+        patch embedding and tokens first, one group per block, then the rest (final norm, head) in the last;
+        `prefix`: for a model that holds this one (e.g. "backbone.")."""
+        p = re.escape(prefix)
+        return dict(stem=rf"^{p}(?:cls_token|mask_token|patch_embed)", blocks=[(rf"^{p}blocks\.(\d+)", None)])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Keep only each block's input in the forward pass and recompute the block in the backward pass: far
+        less activation memory for one more forward's time; the same gradients (results/grad_checkpointing.md)."""
+        self.grad_checkpointing = enable
+
+    @property
+    def global_pool(self) -> str:
+        """The pooling in timm's words (GLOBAL_POOLS)."""
+        return {ours: theirs for theirs, ours in GLOBAL_POOLS.items()}[self.cfg.pooling]
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, zero_init: bool = True) -> None:
-        """A new head; zero-initialised as in the paper's fine-tuning unless zero_init=False."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, *, zero_init: bool = False) -> None:
+        """A new head of `num_classes` (0: none), pooled by `global_pool` (timm's names: avg, last or ""; None: as
+        before); trunc-normal, or zero-initialised as in the paper's fine-tuning (`zero_init`)."""
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool {global_pool!r} is not one of {sorted(GLOBAL_POOLS)}")
+            self.cfg.pooling = GLOBAL_POOLS[global_pool]
         self.num_classes = self.cfg.num_classes = num_classes
-        if not num_classes:
-            return
-        if self.cfg.pooling == "mean" and isinstance(self.fc_norm, nn.Identity):
-            self.fc_norm = nn.LayerNorm(self.embed_dim, eps=self.cfg.norm_eps)
-        self.head = nn.Linear(self.embed_dim, num_classes)
-        init = nn.init.zeros_ if zero_init else (lambda w: nn.init.trunc_normal_(w, std=0.02))
-        init(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        factory = get_device_dtype(self)  # new parts where the model's parameters are, in their dtype
+        if self.cfg.pooling != "mean":
+            self.fc_norm = nn.Identity()
+        elif num_classes and isinstance(self.fc_norm, nn.Identity):
+            self.fc_norm = nn.LayerNorm(self.embed_dim, eps=self.cfg.norm_eps, **factory)
+        self.head = nn.Linear(self.embed_dim, num_classes, **factory) if num_classes else nn.Identity()
+        if num_classes:
+            init = nn.init.zeros_ if zero_init else (lambda w: nn.init.trunc_normal_(w, std=0.02))
+            init(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        self.fc_norm.train(self.training)
+        self.head.train(self.training)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

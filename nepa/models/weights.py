@@ -21,6 +21,7 @@ from nepa.files import atomic_path, atomic_write_text
 from nepa.models.nepa_vit import NepaConfig
 
 CONFIG_KEY = "nepa_config"
+LABELS_KEY = "label_names"  # a classifier's class names by output index (JSON), timm's pretrained-cfg name
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -55,14 +56,24 @@ def load_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return tensors, json.loads(metadata[CONFIG_KEY]), metadata
 
 
-def write_model_dir(folder: str | Path, state: dict[str, torch.Tensor], cfg: NepaConfig, **card: str) -> Path:
+def write_model_dir(
+    folder: str | Path,
+    state: dict[str, torch.Tensor],
+    cfg: NepaConfig,
+    label_names: list[str] | None = None,
+    **card: str,
+) -> Path:
     """A model folder: model.safetensors (config in its header), config.json, and a short model card.
 
-    `card` entries (source, weights, step, data, params hash...) go into the card and the file header.
+    `card` entries (source, weights, step, data, params hash...) go into the card and the file header; a
+    classifier's `label_names` into the header and config.json (timm's `pretrained_cfg["label_names"]` on load).
     """
     folder = Path(folder)
-    config = dataclasses.asdict(cfg)
-    save_model_file(state, cfg, folder / "model.safetensors", **card)
+    config: dict[str, Any] = dataclasses.asdict(cfg)
+    labels = {LABELS_KEY: json.dumps(label_names)} if label_names is not None else {}
+    if label_names is not None:
+        config[LABELS_KEY] = label_names
+    save_model_file(state, cfg, folder / "model.safetensors", **labels, **card)
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
     lines = [f"# NEPA model ({cfg.embed_dim} wide, {cfg.depth} blocks, patch {cfg.patch_size})", ""]
     lines += [f"- {key}: {value}" for key, value in card.items()]

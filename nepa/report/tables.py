@@ -22,10 +22,11 @@ from typing import Any
 
 import pandas as pd
 
-from nepa.presets import ABLATION_STEPS, ABLATION_TABLE, pretrained_by, stand_in
+from nepa.presets import ABLATION_STEPS
 from nepa.report.gather import PRETRAINED, PROVENANCE, RANDOM, RunKey
 from nepa.report.paper import BASELINES, BY_KEY, MODEL_NAMES, ROWS, PaperRow
 from nepa.report.spread import Spread, gap, seeds, verdict
+from nepa.variants import VARIANTS, pretrained_by, stand_in
 
 COLLAPSE_LOSS = -0.99  # the loss's minimum is -1: this close to it, the predictions copy the targets
 # ... and the targets themselves are (nearly) one vector: nothing left to predict. The line only has to tell one
@@ -36,6 +37,7 @@ TRIVIAL_LOSS = -0.99  # reached by the first logged step: the objective asks for
 STAND_INS = ("tiny", "small")  # sizes whose reduced-scale runs stand in for the paper's ViT-B rows
 HEADLINE = {"val_top1": 1.0, "val_top1_last": 1.0, "val_top1_mean": 1.0, "val_miou": 100.0}  # metric -> unit (%)
 NOT_RUN = "not run"
+NOT_IN_PAPER = "— (not in the paper)"  # a researcher's own row (nepa/variants.py PaperRow.from_paper)
 COMPARISON = ("Table", "Setting", "Model", "Paper", "Ours", "Δ ours − paper", "Direction", "Runs", "Seeds", "Scale",
               "Checkpoint", "Params", "Commit", "Hardware", "Hours")  # fmt: skip
 ABLATION = ("Table", "Setting", "Paper", "Ours: fine-tune top-1", "Ours: probe top-1 (last · mean)",
@@ -121,7 +123,7 @@ def size_for(row: PaperRow, ev: Evidence) -> str | None:
 
 def variant_at(variant: str, size: str, row: PaperRow) -> str:
     """The variant whose runs stand for `variant` in `row` at `size`: itself at the row's own size, else its
-    reduced-scale stand-in (nepa_100k -> nepa)."""
+    reduced-scale stand-in (nepa/variants.py stand_in)."""
     return variant if size == row.size else stand_in(variant)
 
 
@@ -135,14 +137,21 @@ def incomparable(row: PaperRow, size: str, ev: Evidence) -> str:
     steps, expected = ev.pretrain_steps(size, pretrained_by(row.variant)), ABLATION_STEPS.get(row.table)
     if expected is not None and steps != expected:
         return f"pretrained {steps:g} steps, the paper {expected}"
-    if expected is None and row.variant in ABLATION_TABLE:  # at full scale a Table 1 variant gets its schedule
-        return f"pretrained on Table {ABLATION_TABLE[row.variant]}'s schedule"
+    if expected is None and (table := VARIANTS[row.variant].schedule):  # a Table 1 variant gets its schedule
+        return f"pretrained on Table {table}'s schedule"
     return ""
 
 
 def paper_number(x: float) -> str:
     """As the paper writes it: one decimal, two where it gives two (83.75)."""
     return f"{x:.1f}" if round(x, 1) == x else f"{x:.2f}"
+
+
+def paper_cell(row: PaperRow) -> str:
+    """What the paper says of the row: its number, what it saw instead, or that the row is not the paper's."""
+    if row.paper is not None:
+        return paper_number(row.paper)
+    return f"{row.outcome} ({row.note})" if row.outcome else NOT_IN_PAPER
 
 
 def ours(row: PaperRow, size: str, ev: Evidence, at: PaperRow | None = None) -> Spread | None:
@@ -232,6 +241,10 @@ def direction(row: PaperRow, size: str, ev: Evidence) -> str:
     if row.outcome == "fails":
         return _fails(row, size, ref, ev)
     mine = ours(row, size, ev)
+    if ref is not None and mine is not None and not row.from_paper:  # ours beside its compared row, no verdict
+        theirs = ours(ref, size, ev, row)
+        beside = NOT_RUN if theirs is None else f"{gap(mine, theirs).sign} {theirs.mean:.2f}"
+        return f"ours {mine.mean:.2f} {beside} ({ref.setting})"
     paper_sign = expected_order(row, ref)
     if ref is None or paper_sign is None or mine is None:
         return ""
@@ -273,8 +286,7 @@ def _seeds(spread: Spread | None) -> str:
 
 def compare(row: PaperRow, ev: Evidence) -> tuple[dict[str, str], str]:
     """One paper row as table cells, and its class: 'notrun' (no value), 'reduced' (direction only) or ''."""
-    paper = paper_number(row.paper) if row.paper is not None else f"{row.outcome} ({row.note})"
-    cells = {"Table": row.table, "Setting": row.setting, "Model": MODEL_NAMES[row.size], "Paper": paper}
+    cells = {"Table": row.table, "Setting": row.setting, "Model": MODEL_NAMES[row.size], "Paper": paper_cell(row)}
     size = size_for(row, ev)
     if size is None:
         return {**cells, "Ours": NOT_RUN}, "notrun"

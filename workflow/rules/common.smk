@@ -21,7 +21,8 @@ from nepa.pipeline import (
     target_inputs,
     workflow_params,
 )
-from nepa.presets import ABLATION_TABLE, EMBEDDED_ABLATION_THREADS, pretraining_source
+from nepa.presets import EMBEDDED_ABLATION_THREADS
+from nepa.variants import VARIANTS, pretraining_source
 
 try:  # not Snakemake's configfile/validate: a bad file or value is one line naming the file and line, or --config
     PARAMS, CONFIG_SETS = workflow_params("params.yaml", config)
@@ -85,7 +86,12 @@ def stage_threads():
         return 1
     if FULL:
         return workflow.cores
-    return lambda wildcards: EMBEDDED_ABLATION_THREADS if wildcards.get("variant") in ABLATION_TABLE else workflow.cores
+
+    def threads(wildcards):
+        on_table_1 = "variant" in wildcards.keys() and VARIANTS[wildcards.variant].schedule
+        return EMBEDDED_ABLATION_THREADS if on_table_1 else workflow.cores
+
+    return threads
 
 
 def stage_resources(verb):

@@ -1,17 +1,20 @@
-"""The pipeline's stages, once: the Snakefile's rules and dvc.yaml are both rendered from this table.
+"""The pipeline's stages, once: dvc.yaml is rendered from this table, and the rules written out in
+workflow/rules/*.smk are checked against it (tests/test_workflow.py: the same jobs, commands, inputs and
+outputs, for the default target, at scale full and with runs per seed).
 
 Each stage is one `nepa` verb. Paths are templates over {data} (params data.root), {runs}, {results}, the
-datasets' sources and, for per-model stages, {size}, {variant} and the seed. Which runs a target runs is the
-experiment plan's (nepa/plan.py): both tools run its jobs, a fine-tune-only variant's downstream stages start
-from the export of the run it reuses ({source}). `python -m nepa.pipeline` writes dvc.yaml (the default
-target's runs, for the params at hand), .dvc/config and the params schema; tests/test_workflow.py checks that
-they are current and that Snakemake and DVC build the same DAG, with the same commands and the same inputs.
+datasets' sources and, for per-model stages, {run} (nepa/layout.py: {size}-{variant}, and the seed where runs
+are per seed). Which runs a target runs is the experiment plan's (nepa/plan.py): both tools run its jobs, a
+fine-tune-only variant's downstream stages start from the export of the run it reuses ({source_run}).
+`python -m nepa.pipeline` writes dvc.yaml (the default target's runs and plots, for the params at hand),
+.dvc/config and the params schema.
 
 What re-runs a stage, in both tools: its command, its params sections and its input files. The code is not
 an input of either: a change to the nepa package re-runs nothing by itself (a stage can cost GPU-days; every
 metrics.json records the git commit it ran at); `snakemake -R STAGE` or `dvc repro -f STAGE` re-runs one.
-Logs: Snakemake sends each verb's stdout and stderr to the stage's `log` file under logs/ (and shows it when
-the stage fails); `dvc repro` shows them on the terminal.
+Snakemake's `--config` values reach the stages that read them (workflow_params below). A stage that ran outside
+DVC records itself in dvc.lock (nepa/dvc_lock.py). Logs: Snakemake sends each verb's stdout and stderr to the
+stage's `log` file under logs/ (and shows it when the stage fails); `dvc repro` shows them on the terminal.
 """
 
 from __future__ import annotations

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+import nepa
 from nepa.cli import main as nepa_main
 from nepa.config import add_params_arguments
 
@@ -106,6 +109,24 @@ def test_global_batch_fits_the_slurm_tasks_of_its_stage(tmp_path: Path, capsys: 
         "SLURM tasks (launcher) = 1024; change one so that gradient accumulation is a whole number"
     )
     assert nepa_main(["params", "--params", str(params), "--set", "pretrain.global_batch=1024"]) == 0
+
+
+@pytest.mark.parametrize("verb", ["prepare", "pretrain", "export", "finetune", "probe", "segment", "report"])
+def test_each_stage_verb_says_what_it_reads_and_writes(verb: str) -> None:
+    """`nepa VERB --help`: the files of its stage (nepa/pipeline.py) and its choices, and nothing of DeepSpeed's
+    (its accelerator line came with the verb's imports); `nepa --version`."""
+    out = subprocess.run([sys.executable, "-m", "nepa.cli", verb, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    if verb == "prepare":  # its own epilog: the three datasets and the forms it reads
+        assert "{data.root}/shards/imagenet" in out.stdout and "{data.root}/raw" in out.stdout
+        return
+    files = out.stdout.split("files (names from params")[1]
+    assert "  writes  " in files and "  reads   " in files
+    if verb != "report":
+        assert "{runs}/{size}-{variant}/" in files and "{tiny,small,base,large}" in out.stdout
+        assert "no_stop_grad" in out.stdout  # the variants, by name
+    version = subprocess.run([sys.executable, "-m", "nepa.cli", "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == f"nepa {nepa.__version__}"
 
 
 def test_one_list_of_model_sizes() -> None:

@@ -9,8 +9,10 @@ The process group is gloo on CPU and NCCL on GPU.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import socket
 import sys
@@ -167,7 +169,9 @@ def init(env: DistEnv) -> torch.device:
         use_accelerator(cuda)
         if not cuda:
             build_cpu_comm_op()
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+        # DeepSpeed prints "DeepSpeed ... shm_comm_op built successfully" on stdout at every start: not the run's
+        with contextlib.redirect_stdout(io.StringIO()):
+            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
     return torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
 
 

@@ -592,9 +592,8 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one param, e.g. --set pretrain.epochs=5 (repeatable)",
     )
     parser.add_argument("--size", choices=list(SIZES), help="model size (default: params model.size)")
-    parser.add_argument(
+    parser.add_argument(  # not argparse's choices: an unknown name is params' one line, like params.yaml's
         "--variant",
-        choices=list(VARIANTS),
         metavar="VARIANT",
         help=f"the method (nepa) or a variant of nepa/variants.py: {', '.join(VARIANTS)} (default: params variant)",
     )
@@ -602,6 +601,8 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
 
 def params_from_arguments(args: argparse.Namespace) -> Params:
     """The params that add_params_arguments' arguments ask for."""
+    if args.variant and args.variant not in VARIANTS:  # labelled by its option, not by the --set it becomes
+        raise UserError(f"--variant: variant {args.variant!r} is not one of {sorted(VARIANTS)}")
     overrides = [*args.overrides, *([f"variant={args.variant}"] if args.variant else [])]
     return load_params(args.params, tuple(overrides), size=args.size)
 

@@ -291,7 +291,7 @@ RUN_WIDE = ("runs", "results", "data", "seeds", "ablation_seeds")
 # (a switch to the slurm profile re-runs nothing).
 ROUTED = ("launcher",)
 REFUSED = {
-    "variant": "the workflow runs `variants` (e.g. --config 'variants=[nepa, no_causal]'); `variant` is a verb's",
+    "variant": "the workflow runs `variants` (e.g. --config 'variants=[nepa]'); `variant` is a verb's default",
     "dvc_remote": "`dvc push` reads its remote from .dvc/config, which follows params.yaml: set it there",
 }
 

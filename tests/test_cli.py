@@ -111,6 +111,13 @@ def test_global_batch_fits_the_slurm_tasks_of_its_stage(tmp_path: Path, capsys: 
     assert nepa_main(["params", "--params", str(params), "--set", "pretrain.global_batch=1024"]) == 0
 
 
+def test_an_unknown_variant_is_one_line_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--variant` is checked by params (not argparse's choices, whose usage lines and list would come first)."""
+    assert nepa_main(["params", "--params", str(ROOT / "params.yaml"), "--variant", "no_such"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("nepa params: error: --variant: variant 'no_such' is not one of ['ft_causal', ")
+
+
 @pytest.mark.parametrize("verb", ["prepare", "pretrain", "export", "finetune", "probe", "segment", "report"])
 def test_each_stage_verb_says_what_it_reads_and_writes(verb: str) -> None:
     """`nepa VERB --help`: the files of its stage (nepa/pipeline.py) and its choices, and nothing of DeepSpeed's

@@ -20,7 +20,7 @@ from nepa.config import flat
 
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = "runs/tiny-nepa/pretrain/checkpoints"
-# The README's command for a readable `dvc exp show` (tests/test_dvc_experiments.py keeps it honest).
+# The README's command for a readable `dvc exp show` (test_the_readme_shows_the_exp_show_that_fits keeps them one).
 EXP_SHOW = ("dvc", "exp", "show", "--no-pager", "--only-changed", "--drop", ".*/.*|Created")
 # `dvc exp run` commits: a clean CI machine has no git identity
 GIT = {
@@ -85,6 +85,12 @@ def test_an_experiment_on_a_snakemake_built_pipeline_reruns_only_what_changed(
     assert "probe.epochs" in table and "probe.top1_last" in table and "…" not in table, table
     experiment = next(line for line in lines if "[" in line)  # the experiment's row, with its own numbers
     assert "!" not in experiment and "3" in experiment, table
+
+
+def test_the_readme_shows_the_exp_show_that_fits() -> None:
+    """The command the test above fits in 120 columns is the README's (with the pager off, as a script runs it)."""
+    command = " ".join(EXP_SHOW).replace("--no-pager ", "").replace(".*/.*|Created", "'.*/.*|Created'")
+    assert f"\n{command} " in (ROOT / "README.md").read_text()
 
 
 def test_every_documented_key_is_an_experiment_parameter(tmp_path: Path) -> None:

@@ -56,8 +56,9 @@ class Stage:
     curves: tuple[str, ...] = ()  # metrics.csv: the dvc.yaml plots (PLOTS) draw their columns
     per_model: bool = False  # one instance per (size, variant)
     extra_outs: tuple[str, ...] = field(default=())  # small files kept in git, not the DVC cache: the report's
-    # Outputs a re-run continues instead of replacing (checkpoints: resume after an interruption).
-    # DVC: persist: true; Snakemake: update(). The engine itself refuses checkpoints of other params.
+    # Outputs a re-run does not delete before it runs: the checkpoints and curve it continues (resume after an
+    # interruption), and a training stage's numbers, which a re-run the engine refuses (checkpoints of other
+    # params) leaves as they were. DVC: persist: true; Snakemake: update() (kept by a failed job too).
     persist: tuple[str, ...] = ()
 
 
@@ -67,15 +68,15 @@ def model_stage(verb: str, deps: tuple[str, ...], params: tuple[str, ...], train
     its curve (metrics.csv)."""
     folder = layout.stage_dir("{runs}", "{run}", verb)
     trained = (f"{folder}/{layout.CHECKPOINTS}",) if trains else ()
-    curve = f"{folder}/{layout.CURVE}"
+    curve, numbers = f"{folder}/{layout.CURVE}", (f"{folder}/{layout.METRICS}", f"{folder}/{layout.SCORES}")
     return Stage(
         verb,
         f"nepa {verb} --size {{size}} --variant {{variant}}{{seedarg}}",
         deps=deps,
-        outs=(*trained, f"{folder}/{layout.METRICS}"),
-        persist=(*trained, curve) if trains else (),
+        outs=(*trained, numbers[0]),
+        persist=(*trained, curve, *numbers) if trains else (),
         params=params,
-        metrics=(f"{folder}/{layout.SCORES}",),
+        metrics=numbers[1:],
         curves=(curve,),
         per_model=True,
     )
@@ -207,7 +208,8 @@ def verb_files(verb: str) -> str:
     for s in ours:
         reads = [d.format(**shown) for d in s.deps] or (["every run's metrics.json and metrics.csv under {runs}"]
                                                          if s is REPORT else [])  # fmt: skip
-        writes = [o.format(**shown) + (" (a re-run resumes)" if o in s.persist else "")
+        resumed = [o for o in s.persist if not o.endswith((layout.METRICS, layout.SCORES))]  # not only kept
+        writes = [o.format(**shown) + (" (a re-run resumes)" if o in resumed else "")
                   for o in (*s.outs, *s.extra_outs, *s.metrics, *s.curves)]  # fmt: skip
         lines += [f"{s.cmd.format(**shown)}:"] if verb == "prepare" else []
         lines += [f"  reads   {path}" for path in reads] + [f"  writes  {path}" for path in writes]
@@ -248,7 +250,8 @@ def dvc_stage(s: Stage, params: Params) -> dict[str, Any]:
         ]
         body["outs"] = outs + [{_dvc_path(o, params): {"cache": False}} for o in s.extra_outs]
     if s.metrics:
-        body["metrics"] = [_dvc_path(m, params) for m in s.metrics]
+        body["metrics"] = [{_dvc_path(m, params): {"persist": True}} if m in s.persist else _dvc_path(m, params)
+                           for m in s.metrics]  # fmt: skip
     return {"foreach": dvc_runs(s, params), "do": body} if s.per_model else body
 
 

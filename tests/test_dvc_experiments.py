@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from test_pipeline_runs import project_copy
-from test_workflow import copy_workflow, run
+from test_workflow import BIN, copy_workflow, run
 
 from nepa.config import flat
 
@@ -85,6 +87,19 @@ def test_an_experiment_on_a_snakemake_built_pipeline_reruns_only_what_changed(
     assert "probe.epochs" in table and "probe.top1_last" in table and "…" not in table, table
     experiment = next(line for line in lines if "[" in line)  # the experiment's row, with its own numbers
     assert "!" not in experiment and "3" in experiment, table
+
+    # Snakemake re-running a finished stage with other params: the engine refuses its checkpoints in one line,
+    # and neither they nor the run's numbers are gone (Snakemake deletes a job's plain outputs before it runs)
+    pretrain, before = work / PRETRAIN.removesuffix("/checkpoints"), files(work)
+    numbers = {name: (pretrain / name).read_bytes() for name in ("metrics.json", "scores.json")}
+    refused = subprocess.run(
+        ["snakemake", "--cores", "2", "--config", "pretrain={base_lr: 0.002}"],
+        cwd=work, env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "written with other params" in (work / "logs/pretrain/tiny-nepa.log").read_text()
+    assert before <= files(work), sorted(before - files(work))
+    assert {name: (pretrain / name).read_bytes() for name in numbers} == numbers
 
 
 def test_the_readme_shows_the_exp_show_that_fits() -> None:

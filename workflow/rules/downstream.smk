@@ -8,8 +8,8 @@ rule finetune:
         shards=f"{DATA}/shards/imagenet",
     output:
         checkpoints=update(directory(f"{FINETUNE}/checkpoints")),
-        metrics=f"{FINETUNE}/metrics.json",
-        scores=f"{FINETUNE}/scores.json",
+        metrics=update(f"{FINETUNE}/metrics.json"),  # kept by a re-run the engine refuses
+        scores=update(f"{FINETUNE}/scores.json"),
         curve=update(f"{FINETUNE}/metrics.csv"),  # continued by a resumed run
     log:
         f"logs/finetune/{RUN}.log",
@@ -53,8 +53,8 @@ rule segment:
         shards=f"{DATA}/shards/ade20k",
     output:
         checkpoints=update(directory(f"{SEGMENT}/checkpoints")),
-        metrics=f"{SEGMENT}/metrics.json",
-        scores=f"{SEGMENT}/scores.json",
+        metrics=update(f"{SEGMENT}/metrics.json"),  # kept by a re-run the engine refuses
+        scores=update(f"{SEGMENT}/scores.json"),
         curve=update(f"{SEGMENT}/metrics.csv"),  # continued by a resumed run
     log:
         f"logs/segment/{RUN}.log",

@@ -6,8 +6,8 @@ rule pretrain:
         f"{DATA}/shards/imagenet",
     output:
         checkpoints=update(directory(f"{PRETRAIN}/checkpoints")),  # kept: a re-run resumes from them
-        metrics=f"{PRETRAIN}/metrics.json",
-        scores=f"{PRETRAIN}/scores.json",
+        metrics=update(f"{PRETRAIN}/metrics.json"),  # kept by a re-run the engine refuses
+        scores=update(f"{PRETRAIN}/scores.json"),
         curve=update(f"{PRETRAIN}/metrics.csv"),  # continued by a resumed run
     log:
         f"logs/pretrain/{RUN}.log",

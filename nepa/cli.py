@@ -14,18 +14,30 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from nepa import __version__
 from nepa.config import add_params_arguments, params_from_arguments
+from nepa.dvc_lock import record
 from nepa.errors import EXIT_USAGE, UserError
 from nepa.files import io_error_line
-from nepa.pipeline import follow_dvc_remote
+from nepa.pipeline import follow_dvc_remote, verb_files
 from nepa.stopping import EXIT_REQUEUE, Stopped, stop_on_signals
 from nepa.verbs import VERBS
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="nepa", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"nepa {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    subparsers = {name: sub.add_parser(name, help=verb.help, description=verb.help) for name, verb in VERBS.items()}
+    subparsers = {
+        name: sub.add_parser(
+            name,
+            help=verb.help,
+            description=verb.help,
+            epilog=verb_files(name),  # what a stage reads and writes
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for name, verb in VERBS.items()
+    }
     return parser, subparsers
 
 
@@ -47,8 +59,12 @@ def run_verb(name: str, parser: argparse.ArgumentParser, argv: list[str]) -> int
     if verb.stage and params.launcher.kind == "submitit":
         from nepa.launch import run_on_cluster  # submitit is loaded only where a verb is sent to SLURM
 
-        return run_on_cluster(name, argv, params)
-    return run(args, params)
+        status = run_on_cluster(name, argv, params)
+    else:
+        status = run(args, params)
+    if verb.stage and status == 0:
+        record(name, argv)  # in dvc.lock, where this is a dvc.yaml stage's command (nepa/dvc_lock.py)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

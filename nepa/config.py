@@ -2,25 +2,24 @@
 
 Resolution, later wins:
   1. the defaults below;
-  2. at `scale: embedded`, the embedded default's schedule (Fashion-MNIST, tiny model, CPU, minutes), and at
-     `scale: full`, the full-scale recipe of `recipe` (paper | official) for the model size (nepa/presets.py);
-  3. the model knobs of `recipe` where paper and official code disagree (docs/paper.md, "Decisions");
-  4. what params.yaml says;
-  4b. the NEPA_LAUNCHER environment variable, if set: launcher.kind (local | submitit), so that a Snakemake
-      profile or a cluster login shell sends every stage to SLURM without editing params.yaml;
-  5. the ablation `variant` (nepa/variants.py), which defines the experiment;
-  6. `--set section.key=value` on the command line.
-An unknown key or a wrong type is one line naming the key and the file (exit 2).
+  2. the preset (nepa/presets.py): at `scale: embedded` the embedded default's schedule (Fashion-MNIST, tiny
+     model, CPU, minutes), at `scale: full` the full-scale recipe of `recipe` (paper | official) for the model
+     size; Table 1's schedule for its variants; the knobs where paper and official code disagree (docs/paper.md);
+  3. params.yaml (or the mapping given), where a key is not `preset`;
+  4. the ablation `variant` (nepa/variants.py), which defines the experiment;
+  5. `--set section.key=value` on the command line (Snakemake: `--config`), and `--size`.
+An unknown key or a wrong type is one line naming the key and where it was set: the file and line, `--set` or
+`--config` (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
 from pydantic import (
@@ -38,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from nepa import layout
 from nepa.batch import TRAINED, stage_batch
 from nepa.errors import UserError
 from nepa.presets import EMBEDDED, ablation_schedule, full_scale, recipe_knobs
@@ -355,8 +355,8 @@ class Params(Section):
         return bool(self.seeds or self.ablation_seeds)
 
     def run_of(self, variant: str) -> str:
-        """Folder name of the run of `variant` at this size and seed."""
-        return f"{self.model.size}-{variant}" + (f"-s{self.seed}" if self.seeded else "")
+        """Folder name of the run of `variant` at this size and seed (nepa/layout.py)."""
+        return layout.run_name(self.model.size, variant, self.seed if self.seeded else None)
 
     @property
     def run_name(self) -> str:
@@ -403,11 +403,22 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_set(assignment: str) -> dict[str, Any]:
+def flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {dotted key: value}, the inverse of parse_set (an empty mapping is a value)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def parse_set(assignment: str, source: str = "--set") -> dict[str, Any]:
     """`pretrain.epochs=5` -> {"pretrain": {"epochs": 5}}, the value parsed as YAML."""
     key, sep, value = assignment.partition("=")
     if not sep or not key:
-        raise UserError(f"--set {assignment!r}: expected section.key=value, e.g. --set pretrain.epochs=5")
+        raise UserError(f"{source} {assignment!r}: expected section.key=value, e.g. {source} pretrain.epochs=5")
     out: dict[str, Any] = {}
     node = out
     *parents, leaf = key.split(".")
@@ -426,77 +437,145 @@ def _lists_to_tuples(value: Any) -> Any:
     return value
 
 
-def _one_line(error: ValidationError, source: str) -> str:
+class _Layer(NamedTuple):
+    """One source of params: its name in error lines, its data and, for a file, its text (for line numbers)."""
+
+    name: str
+    data: dict[str, Any]
+    text: str | None = None
+
+    def has(self, key: tuple[str | int, ...]) -> bool:
+        """Whether the layer sets `key` (or a value that holds it, e.g. a whole list)."""
+        node: Any = self.data
+        for part in key:
+            if not isinstance(node, dict):
+                return True
+            if part not in node:
+                return False
+            node = node[part]
+        return True
+
+    def where(self, key: tuple[str | int, ...]) -> str:
+        """The layer's name, with the line of `key` where the layer is a file."""
+        line = _line_of(self.text, key) if self.text is not None else None
+        return f"{self.name}:{line}" if line else self.name
+
+
+def _line_of(text: str, key: tuple[str | int, ...]) -> int | None:
+    """The line of `key` (of its deepest part present) in a YAML document, or None."""
+    node, line = yaml.compose(text, Loader=_Loader), None
+    for part in key:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        found = next(((k, v) for k, v in node.value if k.value == part), None)
+        if found is None:
+            break
+        line, node = found[0].start_mark.line + 1, found[1]
+    return line
+
+
+def _one_line(error: ValidationError, layers: list[_Layer]) -> str:
+    """A validation error as one line, labelled with the layer its key came from (the last that set it: --set
+    over params.yaml over the preset); a check across keys names its keys, and is labelled by the last of those."""
     first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc)
+    message = first["ctx"]["error"] if first["type"] == "value_error" else first["msg"]
+    keys = [loc] if loc else [tuple(k.split(".")) for k in re.findall(r"\b[a-z_]+(?:\.[a-z_]+)+\b", str(message))]
+    # the user's layers (params, the variant, --set): a preset's value is checked with what the user set beside it
+    source = next((layer for layer in reversed(layers[1:]) for k in keys if layer.has(k)), layers[1])
+    where = source.where(keys[0]) if keys else source.name
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key {key!r}; see the documented keys in params.yaml"
+        return f"{where}: unknown key {key!r}; see the documented keys in params.yaml"
+    # params.yaml:12: pretrain.epochs: ... | --set pretrain.epochs: ... | a check across keys: --set: ...
+    head = where if not key else f"{where} {key}" if where.startswith("--") else f"{where}: {key}"
     if first["type"] == "value_error":  # a validator's message; one across keys (no key) names the keys itself
-        return f"{source}: {key + ': ' if key else ''}{first['ctx']['error']}"
-    return f"{source}: {key}: {first['msg']} (got {first.get('input')!r})"
+        return f"{head}: {message}"
+    return f"{head}: {message} (got {first.get('input')!r})"
 
 
-def _launcher_from_env() -> dict[str, Any]:
-    kind = os.environ.get("NEPA_LAUNCHER")
-    if kind is None:
-        return {}
-    kinds = get_args(LauncherParams.model_fields["kind"].annotation)
-    if kind not in kinds:
-        raise UserError(f"NEPA_LAUNCHER={kind!r}: expected one of {', '.join(kinds)}")
-    return {"launcher": {"kind": kind}}
+# The value of a key that the preset decides: params.yaml lists every key, with `preset` where nepa/presets.py may
+# set it (by scale, recipe, size, Table 1 schedule); any other value is the user's and wins over the preset.
+PRESET = "preset"
 
 
-def load_params(path: str | Path = "params.yaml", overrides: tuple[str, ...] = (), size: str | None = None) -> Params:
-    """Resolve params.yaml (see the module doc); `size` selects the model size (default: the file's)."""
-    path = Path(path)
+def without_presets(data: dict[str, Any]) -> dict[str, Any]:
+    """The mapping without its PRESET values: what the user set."""
+    return {
+        key: without_presets(value) if isinstance(value, dict) else value
+        for key, value in data.items()
+        if value != PRESET
+    }
+
+
+def preset_layer(recipe: str, scale: str, size: str, variant: str, slurm: dict[str, Any]) -> dict[str, Any]:
+    """What nepa/presets.py sets beneath params.yaml: the scale's recipe (embedded, or the full-scale recipe of
+    `recipe` for `size`, its SLURM resources over the user's launcher.slurm), Table 1's schedule for its variants,
+    and the knobs where the paper and the official code disagree."""
+    layer = EMBEDDED if scale == "embedded" else full_scale(recipe, size, slurm) if scale == "full" else {}
+    if table := VARIANTS[variant].schedule:  # Table 1's own schedule, at either scale
+        layer = merge(layer, ablation_schedule(table, scale))
+    return merge(layer, recipe_knobs(recipe, size))
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str]:
     if not path.is_file():
         raise UserError(f"{path}: params file not found; run from the repository root or pass --params PATH")
+    text = path.read_text()
     try:
-        user = yaml.load(path.read_text(), Loader=_Loader) or {}
+        data = yaml.load(text, Loader=_Loader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(user, dict):
+        where = f"{mark.line + 1}:" if mark else ""
+        raise UserError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of sections at the top level")
-    cli = {}
+    return data, text
+
+
+def load_params(
+    source: str | Path | Mapping[str, Any] = "params.yaml",
+    overrides: Sequence[str] = (),
+    size: str | None = None,
+    overrides_from: str = "--set",
+) -> Params:
+    """Resolve params (see the module doc). `source`: a params file, or its data (named `params` in errors);
+    `overrides`: `section.key=value` assignments, from `overrides_from` (--set, or Snakemake's --config);
+    `size`: the model size (default: the params')."""
+    if isinstance(source, Mapping):
+        file = _Layer("params", without_presets(dict(source)))
+    else:
+        data, text = _read(Path(source))
+        file = _Layer(str(source), without_presets(data), text)
+    cli: dict[str, Any] = {}
     for assignment in overrides:
-        cli = merge(cli, parse_set(assignment))
-    top = merge(user, cli)
-    recipe, scale = top.get("recipe", "paper"), top.get("scale", "embedded")
-    size = size or top.get("model", {}).get("size") or "tiny"
-    variant = top.get("variant", "nepa")
-    for name in [variant, *top.get("variants", []), *top.get("ablation_variants", [])]:
-        if name not in VARIANTS:
-            raise UserError(f"{path}: variant {name!r} is not one of {sorted(VARIANTS)}")
-    layers: list[tuple[str, dict[str, Any]]] = []
-    if scale == "embedded":
-        layers.append(("embedded preset", EMBEDDED))
-    if scale == "full":
-        try:
-            layers.append(("full-scale preset", full_scale(recipe, size, top.get("launcher", {}).get("slurm", {}))))
-        except UserError as e:
-            raise UserError(f"{path}: {e}") from None
-    if table := VARIANTS[variant].schedule:  # Table 1's own schedule, at either scale
-        layers.append(("ablation schedule", ablation_schedule(table, scale)))
-    layers += [
-        ("recipe preset", recipe_knobs(recipe, size)),
-        (str(path), user),
-        ("NEPA_LAUNCHER", _launcher_from_env()),
-        (f"variant {variant}", VARIANTS[variant].overrides),
-        ("--set", cli),
-        ("--size", {"model": {"size": size}}),
-    ]
+        cli = merge(cli, parse_set(assignment, overrides_from))
+    if size:
+        cli = merge(cli, {"model": {"size": size}})
+    given = _Layer(overrides_from, cli)
+    top = merge(file.data, cli)
+    recipe, scale, variant = top.get("recipe", "paper"), top.get("scale", "embedded"), top.get("variant", "nepa")
+    size = top.get("model", {}).get("size") or "tiny"
+    for key in ("variant", "variants", "ablation_variants"):
+        names = [variant] if key == "variant" else top.get(key, [])
+        if unknown := [name for name in names if name not in VARIANTS]:
+            where = (given if given.has((key,)) else file).where((key,))
+            raise UserError(f"{where}: variant {unknown[0]!r} is not one of {sorted(VARIANTS)}")
+    try:
+        preset = preset_layer(recipe, scale, size, variant, top.get("launcher", {}).get("slurm", {}))
+    except UserError as e:
+        raise UserError(f"{file.name}: {e}") from None
+    layers = [_Layer("the preset", preset), file, _Layer(f"variant {variant}", VARIANTS[variant].overrides), given]
     resolved: dict[str, Any] = {}
-    for _, layer in layers:
-        resolved = merge(resolved, layer)
+    for layer in layers:
+        resolved = merge(resolved, layer.data)
     pinned = [stage for stage in TRAINED if "micro_batch" in (top.get(stage) or {})]
     try:
         params = Params.model_validate(_lists_to_tuples(resolved), context={"pinned_micro_batches": pinned})
     except ValidationError as e:
-        raise UserError(_one_line(e, str(path))) from None
+        raise UserError(_one_line(e, layers)) from None
     if params.scale == "full" and params.data.imagenet_src is None:
-        raise UserError(f"{path}: scale is full but data.imagenet_src is not set; point it at your ImageNet folder")
+        raise UserError(f"{file.name}: scale is full but data.imagenet_src is not set; point it at your ImageNet")
     return params
 
 
@@ -514,12 +593,18 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one param, e.g. --set pretrain.epochs=5 (repeatable)",
     )
-    parser.add_argument("--size", choices=list(SIZES), help="model size (default: params)")
-    parser.add_argument("--variant", help="ablation variant from nepa/variants.py (default: params)")
+    parser.add_argument("--size", choices=list(SIZES), help="model size (default: params model.size)")
+    parser.add_argument(  # not argparse's choices: an unknown name is params' one line, like params.yaml's
+        "--variant",
+        metavar="VARIANT",
+        help=f"the method (nepa) or a variant of nepa/variants.py: {', '.join(VARIANTS)} (default: params variant)",
+    )
 
 
 def params_from_arguments(args: argparse.Namespace) -> Params:
     """The params that add_params_arguments' arguments ask for."""
+    if args.variant and args.variant not in VARIANTS:  # labelled by its option, not by the --set it becomes
+        raise UserError(f"--variant: variant {args.variant!r} is not one of {sorted(VARIANTS)}")
     overrides = [*args.overrides, *([f"variant={args.variant}"] if args.variant else [])]
     return load_params(args.params, tuple(overrides), size=args.size)
 

@@ -14,11 +14,9 @@ import argparse
 import contextlib
 import math
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from nepa.config import load_params
 from nepa.cost import GPU_RATIO, INTER_NODE_BYTES_S, Cost, Speed, duration
@@ -56,8 +54,8 @@ KEPT_FROM_EMBEDDED = ("recipe", "variants", "ablation_variants", "results", "obj
 
 
 @contextlib.contextmanager
-def full_scale_params(args: argparse.Namespace) -> Iterator[tuple[Path, bool]]:
-    """A params file at scale full: --params itself (True) or, from an embedded one (False), its full-scale recipe
+def full_scale_params(args: argparse.Namespace) -> Iterator[tuple[Path | dict[str, Any], bool]]:
+    """Params at scale full: --params itself (True) or, from an embedded one (False), its full-scale recipe
     with what it sets of KEPT_FROM_EMBEDDED, at sizes base and large."""
     own = load_params(args.params, tuple(args.overrides))
     if own.scale == "full":
@@ -73,10 +71,7 @@ def full_scale_params(args: argparse.Namespace) -> Iterator[tuple[Path, bool]]:
         "model": {**kept.get("model", {}), "size": "base"},
         "data": {"imagenet_src": "unused-by-estimate", "ade20k_src": "unused-by-estimate"},
     }
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "params.yaml"
-        path.write_text(yaml.safe_dump(full))
-        yield path, False
+    yield full, False
 
 
 def speed_notes(costs: dict[Job, Cost]) -> dict[Speed, str]:

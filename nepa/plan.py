@@ -32,12 +32,12 @@ from nepa.config import Params, SlurmParams, add_params_arguments, load_params
 from nepa.cost import Cost, gpu_measurements, stage_cost, stage_speed, time_problem
 from nepa.engine.schedule import step_counts
 from nepa.errors import UserError
+from nepa.layout import DOWNSTREAM, run_name
 from nepa.presets import ABLATION_BATCH, ABLATION_STEPS, PRETRAIN_COMMON, PRETRAIN_EPOCHS, SHAPE, steps_per_epoch
 from nepa.report.paper import ABLATION_TABLES, BY_KEY, HEADLINE_TABLES, ROWS, PaperRow
 from nepa.variants import VARIANTS, pretraining_source, stand_in
 
 TARGETS = ("all", "ablations")
-DOWNSTREAM = ("finetune", "probe", "segment")
 GPU_STAGES = ("pretrain", *DOWNSTREAM)
 ONE_PROCESS = ("probe",)  # runs on rank 0 only: more than one GPU would idle
 TIME_MARGIN = 1.25  # a job's SLURM time must cover its estimated wall time and a quarter (restarts, evaluation)
@@ -167,7 +167,7 @@ def plan_jobs(params: Params, targets: tuple[str, ...] = TARGETS) -> list[Job]:
              "report_ablations"]  # fmt: skip
 
     def run(size: str, variant: str, seed: int) -> str:
-        return f"{size}-{variant}" + (f"-s{seed}" if params.seeded else "") if size else ""
+        return run_name(size, variant, seed if params.seeded else None) if size else ""
 
     return [
         Job(
@@ -357,8 +357,8 @@ def _void_comparisons(plan: Plan) -> list[str]:
 # ---- the plan's costs (nepa/cost.py) -----------------------------------------------------------------------------
 
 
-def plan_of(path: Path, overrides: tuple[str, ...], targets: tuple[str, ...]) -> Plan:
-    """The plan of `targets` for the params file at `path`, each job's params resolved once."""
+def plan_of(path: Path | dict[str, Any], overrides: tuple[str, ...], targets: tuple[str, ...]) -> Plan:
+    """The plan of `targets` for the params at `path` (a file, or its data), each job's params resolved once."""
     cache: dict[tuple[str, str, int], Params] = {}
 
     def resolve(size: str, variant: str, seed: int) -> Params:

@@ -1,7 +1,8 @@
 """What every stage records beside its numbers: which params, checkpoint, code and hardware made them.
 
-Each stage verb writes `metrics.json` in its output folder with `write_metrics`; `nepa report` and
-`dvc metrics show` read those files.
+Each stage verb writes `metrics.json` in its output folder with `write_metrics`, which `nepa report` reads, and
+beside it `scores.json`: the stage's headline numbers alone, which `dvc metrics show` and `dvc exp show` list
+(the provenance stays in metrics.json, in the run folder).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from nepa.config import Params
 from nepa.files import atomic_write_text
+from nepa.layout import METRICS, SCORES
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -63,6 +65,17 @@ def hardware() -> str:
     return f"CPU {cpu} ({os.cpu_count()} cores)"
 
 
+# Each stage's headline number, {stage: {name in scores.json: its metric}}: one per stage, so that `dvc exp show`
+# fits a terminal beside the params an experiment changed (DVC shows them as pretrain.loss, finetune.top1...);
+# every other number is in metrics.json.
+HEADLINES = {
+    "pretrain": {"loss": "final_loss"},
+    "finetune": {"top1": "val_top1"},  # of the weights finetune.report names
+    "probe": {"top1_last": "val_top1_last"},  # of the last embedding (paper Table 6)
+    "segment": {"miou": "val_miou"},
+}
+
+
 def write_metrics(
     folder: str | Path,
     stage: str,
@@ -72,7 +85,8 @@ def write_metrics(
     seconds: float | None = None,
     **extra: Any,
 ) -> Path:
-    """Write `folder/metrics.json`: {"stage", "metrics": {name: value}, "provenance": {...}}."""
+    """Write `folder/metrics.json`: {"stage", "metrics": {name: value}, "provenance": {...}}, and the stage's
+    HEADLINES in `folder/scores.json`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     record = {
@@ -95,4 +109,6 @@ def write_metrics(
             **extra,
         },
     }
-    return atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2) + "\n")
+    scores = {name: metrics[key] for name, key in HEADLINES.get(stage, {}).items() if key in metrics}
+    atomic_write_text(folder / SCORES, json.dumps({stage: scores}, indent=2) + "\n")
+    return atomic_write_text(folder / METRICS, json.dumps(record, indent=2) + "\n")

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+import nepa
 from nepa.cli import main as nepa_main
 from nepa.config import add_params_arguments
 
@@ -18,9 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The repository's params.yaml in a temporary current directory, and a stand-in `sbatch` that records
-    each submission and refuses it (no SLURM runs here: tests/test_slurm.py submits to a real one)."""
-    shutil.copy(ROOT / "params.yaml", tmp_path)
+    """The repository's params.yaml with `launcher.kind: submitit` in a temporary current directory, and a
+    stand-in `sbatch` that records each submission and refuses it (no SLURM runs here: tests/test_slurm.py
+    submits to a real one)."""
+    text = (ROOT / "params.yaml").read_text()
+    assert "  kind: local" in text
+    (tmp_path / "params.yaml").write_text(text.replace("  kind: local", "  kind: submitit"))
     monkeypatch.chdir(tmp_path)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -31,7 +37,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv("NEPA_LAUNCHER", "submitit")
     return tmp_path
 
 
@@ -88,7 +93,8 @@ def test_bad_sizes_counts_and_ratios_are_one_line(
     shutil.copy(ROOT / "params.yaml", params)
     assert nepa_main([verb, *args, "--params", str(params), "--set", assignment]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"nepa {verb}: error: {params}: ") and needle in err, err
+    # labelled where the value came from: --set, not the params file
+    assert err.startswith(f"nepa {verb}: error: --set") and needle in err and str(params) not in err, err
     assert "\n" not in err and "Traceback" not in err
 
 
@@ -107,6 +113,31 @@ def test_global_batch_fits_the_slurm_tasks_of_its_stage(workdir: Path, capsys: p
         "pretrain.micro_batch to let nepa choose"
     )
     assert not (workdir / "submissions").exists()
+
+
+def test_an_unknown_variant_is_one_line_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--variant` is checked by params (not argparse's choices, whose usage lines and list would come first)."""
+    assert nepa_main(["params", "--params", str(ROOT / "params.yaml"), "--variant", "no_such"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("nepa params: error: --variant: variant 'no_such' is not one of ['ft_causal', ")
+
+
+@pytest.mark.parametrize("verb", ["prepare", "pretrain", "export", "finetune", "probe", "segment", "report"])
+def test_each_stage_verb_says_what_it_reads_and_writes(verb: str) -> None:
+    """`nepa VERB --help`: the files of its stage (nepa/pipeline.py) and its choices, and nothing of DeepSpeed's
+    (its accelerator line came with the verb's imports); `nepa --version`."""
+    out = subprocess.run([sys.executable, "-m", "nepa.cli", verb, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    if verb == "prepare":  # its own epilog: the three datasets and the forms it reads
+        assert "{data.root}/shards/imagenet" in out.stdout and "{data.root}/raw" in out.stdout
+        return
+    files = out.stdout.split("files (names from params")[1]
+    assert "  writes  " in files and "  reads   " in files
+    if verb != "report":
+        assert "{runs}/{size}-{variant}/" in files and "{tiny,small,base,large}" in out.stdout
+        assert "no_stop_grad" in out.stdout  # the variants, by name
+    version = subprocess.run([sys.executable, "-m", "nepa.cli", "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == f"nepa {nepa.__version__}"
 
 
 def test_one_list_of_model_sizes() -> None:

@@ -69,3 +69,16 @@ def test_unusable_remote_is_one_line(tmp_path: Path) -> None:
         "`dvc push` will fail; set dvc_remote to a folder you can write or a DVC remote URL"
     )
     assert unchecked(work, "dvc", "push").returncode != 0  # what the line warns of
+
+
+def test_a_remote_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    """A folder nothing can be created in (here /proc, which refuses even root): the same one line, before
+    `dvc push` fails with DVC's own error."""
+    work = clone(tmp_path)
+    set_remote(work, "/proc/nepa-storage")
+    out = nepa(work, "params")
+    assert out.returncode == 0
+    assert out.stderr.splitlines()[-1].startswith(
+        "nepa: params dvc_remote '/proc/nepa-storage' is not usable (/proc is not writable: "
+    )
+    assert unchecked(work, "dvc", "push").returncode != 0

@@ -127,6 +127,7 @@ def test_metrics_rows_after_the_checkpoint_are_dropped_on_resume(tmp_path: Path)
     MetricsLog(path, resume_step=5).append(dict(step=6, epoch=0, loss=-60, lr=0, grad_norm=0, images_per_s=0, wall_s=0))
     rows = pd.read_csv(path)
     assert rows["step"].tolist() == [1, 2, 3, 4, 5, 6] and rows["loss"].iloc[-1] == -60
+    assert b"\r" not in path.read_bytes()  # one line ending, before and after the resume
     MetricsLog(path, None)  # a fresh run starts a new file
     assert pd.read_csv(path).empty
 

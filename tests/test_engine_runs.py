@@ -146,6 +146,7 @@ def test_pretrain_then_export_loads_in_timm(root: Path, tmp_path: Path) -> None:
     """The default suite's one real run: two steps with input masking (the mask token), then both exports."""
     done = nepa(root, tmp_path, "pretrain", "pretrain.max_steps=2", "variant=mask_40")
     assert done.returncode == 0, done.stderr
+    assert "DeepSpeed" not in done.stdout + done.stderr  # no third-party line on a clean run (accelerator, op build)
     assert (folder(tmp_path, "tiny-mask_40") / "metrics.json").is_file()
     assert nepa_main(arguments(root, tmp_path, "export", "variant=mask_40")) == 0  # no process group: in here
     export = tmp_path / "tiny-mask_40" / "export"

@@ -189,6 +189,12 @@ def test_probe_reports_both_poolings(root: Path, tmp_path: Path) -> None:
     m = metrics(tmp_path / "tiny-nepa" / "probe")
     assert set(m) == {f"val_top{k}_{p}" for k in (1, 5) for p in ("last", "mean")}
     assert all(0 <= v <= 100 for v in m.values()) and m["val_top5_mean"] >= m["val_top1_mean"]
+    # its curve: a row per epoch, in metrics.csv and TensorBoard; the last rows' top-1 are the reported ones
+    curve = pd.read_csv(tmp_path / "tiny-nepa" / "probe" / "metrics.csv")
+    assert curve["epoch"].tolist() == [1.0, 2.0] and curve["val_top1_last"].iloc[-1] == m["val_top1_last"]
+    assert list((tmp_path / "tiny-nepa" / "probe" / "tensorboard").glob("events.out.tfevents.*"))
+    scores = json.loads((tmp_path / "tiny-nepa" / "probe" / "scores.json").read_text())
+    assert scores == {"probe": {"top1_last": m["val_top1_last"]}}  # what `dvc metrics show` lists
 
 
 FINETUNE = [
@@ -245,6 +251,8 @@ def test_segment_runs_and_scores(root: Path, tmp_path: Path) -> None:
     assert (done := nepa(root, tmp_path, "segment", *sets)).returncode == 0, done.stderr
     m = metrics(tmp_path / "tiny-nepa" / "segment")
     assert 0 <= m["val_miou"] <= 1 and 0 <= m["val_pixel_acc"] <= 1
+    last = pd.read_csv(tmp_path / "tiny-nepa" / "segment" / "metrics.csv").iloc[-1]  # the mIoU curve's point
+    assert last["step"] == 2 and last["val_miou"] == m["val_miou"]
     # the trivial segmenter: IoU = its class's pixel share (= pixel accuracy), one class of n right (mean acc 1/n)
     trivial = {k.removesuffix("_majority_class"): v for k, v in m.items() if k.endswith("_majority_class")}
     assert trivial["val_miou"] == pytest.approx(trivial["val_pixel_acc"] * trivial["val_mean_acc"])

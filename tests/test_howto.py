@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 from test_data import SMALL, prepared  # noqa: F401 (a fixture)
-from test_workflow import BIN, ROOT, copy_workflow
+from test_workflow import BIN, ROOT, copy_workflow, set_params
 
 HOWTO = ROOT / "docs" / "howto.md"
 
@@ -66,10 +66,8 @@ def run(*command: str, cwd: Path, expect: int = 0) -> str:
 def test_a_variant_added_in_one_place_reaches_the_plan_both_dags_and_the_report(tmp_path: Path) -> None:
     code, name, after = howto_record()
     work = copy_workflow(tmp_path / "repo")
-    (work / "params.yaml").write_text(
-        (ROOT / "params.yaml").read_text().replace("variants: [nepa]", f"variants: [nepa, {name}]")
-        + f"ablation_variants: [{name}]\n"
-    )
+    shutil.copy(ROOT / "params.yaml", work / "params.yaml")
+    set_params(work / "params.yaml", f"variants=[nepa,{name}]", f"ablation_variants=[{name}]")
     run("git", "init", "-q", cwd=work)
     refused = run("nepa", "params", "--variant", name, cwd=work, expect=2)  # this copy's code: not there yet
     assert f"variant {name!r} is not one of" in refused

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nepa.cli import main as nepa_main
-from nepa.config import load_params
+from nepa.config import PRESET, Params, SlurmParams, flat, load_params
+from nepa.errors import UserError
+from nepa.presets import ABLATION_STEPS, EMBEDDED, ablation_schedule, full_scale, recipe_knobs
 from nepa.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +125,55 @@ def test_set_overrides_and_scientific_notation(tmp_path: Path) -> None:
     path.write_text("pretrain:\n  base_lr: 1e-3\n")
     params = load_params(path, ("pretrain.epochs=3", "objective.mask_ratio=0.4"))
     assert params.pretrain.base_lr == 1e-3 and params.pretrain.epochs == 3 and params.objective.mask_ratio == 0.4
+
+
+def _preset_keys() -> set[str]:
+    """Every key a preset beneath params.yaml may set (any scale, recipe, size, Table 1 schedule), and
+    launcher.slurm's keys (the full-scale stage resources are resolved over them)."""
+    layers = [EMBEDDED, *(ablation_schedule(t, s) for t in ABLATION_STEPS for s in ("embedded", "full"))]
+    layers += [f(r, z) for f in (full_scale, recipe_knobs) for r in ("paper", "official") for z in ("base", "large")]
+    layers += [recipe_knobs(r, "tiny") for r in ("paper", "official")]
+    # launcher.stages and extra_sbatch are mappings of names, where params.yaml's {} adds nothing to the preset's
+    keys = {key for layer in layers for key in flat(layer) if not key.startswith(("launcher.stages", "launcher.slurm"))}
+    return keys | {f"launcher.slurm.{k}" for k in SlurmParams.model_fields if k != "extra_sbatch"}
+
+
+def test_params_yaml_lists_every_key_and_marks_what_the_preset_decides() -> None:
+    """Every documented key is in params.yaml (so that `dvc exp run -S key=value` needs no `+`), `preset` exactly
+    where a preset may set it; every other value is the default: the file says nothing a minimal one does not."""
+    listed = flat(yaml.load((ROOT / "params.yaml").read_text(), Loader=yaml.SafeLoader))
+    assert listed.keys() == flat(Params().model_dump(mode="json")).keys()
+    assert {key for key, value in listed.items() if value == PRESET} == _preset_keys()
+
+
+@pytest.mark.parametrize(
+    ("scale", "recipe", "size", "variant"),
+    [("embedded", "paper", "tiny", "nepa"), ("embedded", "official", "small", "no_causal"),
+     ("full", "paper", "base", "mask_40"), ("full", "official", "large", "ft_causal"),
+     ("full", "paper", "large", "nepa")],
+)  # fmt: skip
+def test_the_full_params_yaml_resolves_as_a_minimal_one(
+    tmp_path: Path, scale: str, recipe: str, size: str, variant: str
+) -> None:
+    """The presets still apply beneath every `preset`: switching scale, recipe or size in the full params.yaml
+    gives what it gives in a file holding only those keys."""
+    sets = (f"scale={scale}", f"recipe={recipe}", f"variant={variant}", "data.imagenet_src=/imagenet")
+    minimal = tmp_path / "params.yaml"
+    minimal.write_text("{}\n")
+    assert load_params(ROOT / "params.yaml", sets, size=size) == load_params(minimal, sets, size=size)
+
+
+def test_params_from_a_mapping_and_where_errors_come_from(tmp_path: Path) -> None:
+    """load_params takes the params' data as well as their file; a bad value is labelled with where it was set:
+    the file and its line, or --set (Snakemake's values: --config)."""
+    assert load_params({"pretrain": {"epochs": 3, "base_lr": PRESET}}).pretrain.epochs == 3
+    with pytest.raises(UserError, match=r"^params: pretrain.epochs: Input should be greater than 0"):
+        load_params({"pretrain": {"epochs": 0}})
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\npretrain:\n  epochs: 5\n  micro_batch: 0\n")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}:4: pretrain.micro_batch: Input should be"):
+        load_params(path)
+    with pytest.raises(UserError, match=r"^--set pretrain.epochs: Input should be greater than 0 \(got 0\)"):
+        load_params(path, ("pretrain.epochs=0", "pretrain.micro_batch=64"))
+    with pytest.raises(UserError, match=r"^--config: unknown key 'pretrain.epoch'"):
+        load_params(path, ("pretrain.epoch=3", "pretrain.micro_batch=64"), overrides_from="--config")

@@ -40,7 +40,6 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A run folder holding the repository's params.yaml, as the current directory."""
     shutil.copy(ROOT / "params.yaml", tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("NEPA_LAUNCHER", raising=False)
     return tmp_path
 
 
@@ -91,23 +90,21 @@ def stand_in_sbatch(bin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
 
-def test_nepa_launcher_environment_variable_is_a_params_layer(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_launcher_is_a_params_key_not_the_environment(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """launcher.kind comes from params (params.yaml, --set, Snakemake's --config or the slurm profile's config
+    file), never from the environment: a job's verb runs here with --set launcher.kind=local, whatever its
+    shell exported."""
+    monkeypatch.setenv("NEPA_LAUNCHER", "submitit")  # the variable earlier versions read
     assert load_params().launcher.kind == "local"
-    monkeypatch.setenv("NEPA_LAUNCHER", "submitit")
-    assert load_params().launcher.kind == "submitit"
-    # --set is the last layer: how a job runs its verb here although it inherited NEPA_LAUNCHER
-    assert load_params(overrides=("launcher.kind=local",)).launcher.kind == "local"
-    monkeypatch.setenv("NEPA_LAUNCHER", "slurm")
-    with pytest.raises(UserError, match="NEPA_LAUNCHER='slurm': expected one of local, submitit"):
-        load_params()
+    assert load_params(overrides=("launcher.kind=submitit",)).launcher.kind == "submitit"
+    with pytest.raises(UserError, match=r"--set launcher.kind: Input should be 'local' or 'submitit' \(got 'slurm'\)"):
+        load_params(overrides=("launcher.kind=slurm",))
 
 
 def test_bad_params_fail_before_any_job_is_submitted(workdir: Path) -> None:
     out = nepa("params", *SUBMITIT, "--set", "pretrain.epochs=x")
     assert out.returncode == 2
-    assert out.stderr.strip() == (
-        "nepa params: error: params.yaml: pretrain.epochs: Input should be a valid number (got 'x')"
-    )
+    assert out.stderr.strip() == ("nepa params: error: --set pretrain.epochs: Input should be a valid number (got 'x')")
     assert not (workdir / "runs").exists()
 
 
@@ -416,7 +413,6 @@ def snakemake_with_slurm_profile(work: Path, tmp_path: Path, *args: str) -> subp
         profiles.mkdir(parents=True)
         (profiles / "slurm").symlink_to(work / "workflow/profiles/slurm")
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("NEPA_LAUNCHER", None)
     command = ["snakemake", "--profile", "slurm", *args]
     return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=1200)
 
@@ -464,10 +460,11 @@ def test_snakemake_profile_slurm_reports_a_failed_job_with_its_log(slurm, tmp_pa
 
 @pytest.mark.slow
 def test_dvc_repro_dispatches_a_stage_the_same_way(slurm, tmp_path: Path) -> None:
-    """`NEPA_LAUNCHER=submitit dvc repro STAGE`: DVC runs the same `nepa` command, which submits itself."""
-    work = project_copy(tmp_path, launcher=ON_SLURM)
+    """launcher.kind submitit in params.yaml, then `dvc repro STAGE`: DVC runs the same `nepa` command, which
+    submits itself (launcher is no stage's params section: the switch re-runs nothing by itself)."""
+    work = project_copy(tmp_path, launcher=ON_SLURM.replace("kind: local", "kind: submitit"))
     subprocess.run(["git", "add", "-A"], cwd=work, check=True)
-    env = {**os.environ, "NEPA_LAUNCHER": "submitit", "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
     out = subprocess.run(
         ["dvc", "repro", "prepare_embedded"], cwd=work, env=env, capture_output=True, text=True, timeout=600
     )

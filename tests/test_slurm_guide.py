@@ -87,7 +87,6 @@ def test_the_time_limit_signal_requeues_only_a_requeue_job_where_the_cluster_ref
     without --requeue, SLURM refuses submitit's requeue and the stage is lost."""
     slurm = refuses_requeue
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("NEPA_LAUNCHER", raising=False)
     shutil.copy(ROOT / "params.yaml", tmp_path)
     guide = [
         "--set",

@@ -37,7 +37,7 @@ def planned(work: Path, target: str) -> set[str]:
 @pytest.mark.parametrize("sizes", ["[base, large]", pytest.param("[base]", marks=pytest.mark.slow)])
 def test_full_scale_targets_run_exactly_the_plan(tmp_path: Path, sizes: str) -> None:
     work = project(tmp_path, FULL.format(sizes=sizes, src=tmp_path / "datasets"))
-    default, edges, inputs = snakemake_jobs(work)
+    default, edges, inputs, outputs = snakemake_jobs(work)
     assert set(default) == planned(work, "all")
     assert "prepare_embedded" not in default and not any("data/raw" in p for i in inputs.values() for p in i)
     assert inputs["prepare_imagenet"] == {str(tmp_path / "datasets/imagenet")}
@@ -50,21 +50,21 @@ def test_full_scale_targets_run_exactly_the_plan(tmp_path: Path, sizes: str) -> 
     assert not [job for job in ablations if "@large-" in job]
     assert {"pretrain@base-nepa_50k", "pretrain@base-nepa_100k", "finetune@base-ft_causal_100k"} <= set(ablations)
     # DVC's dvc.yaml, rendered for these params, is the same DAG as the default target
-    assert (default, edges, inputs) == dvc_jobs(work)
+    assert (default, edges, inputs, outputs) == dvc_jobs(work)
 
 
 def test_runs_per_seed_have_their_own_folders_in_both_tools(tmp_path: Path) -> None:
     work = project(
         tmp_path, "sizes: [tiny]\nseeds: [0, 1]\nablation_seeds: [0, 1, 2]\nablation_variants: [no_causal]\n"
     )
-    commands, edges, inputs = snakemake_jobs(work)
+    commands, edges, inputs, outputs = snakemake_jobs(work)
     assert commands["pretrain@tiny-nepa-s1"] == "nepa pretrain --size tiny --variant nepa --set seed=1"
     assert {job for job in commands if job.startswith("finetune@")} == {
         "finetune@tiny-nepa-s0",
         "finetune@tiny-nepa-s1",
     }
     assert inputs["finetune@tiny-nepa-s1"] == {"runs/tiny-nepa-s1/export", "data/shards/imagenet"}
-    assert (commands, edges, inputs) == dvc_jobs(work)
+    assert (commands, edges, inputs, outputs) == dvc_jobs(work)
     ablations = snakemake_jobs(work, "ablations")[0]
     assert set(ablations) == planned(work, "ablations")
     assert {f"probe@tiny-{v}-s{seed}" for v in ("nepa_50k", "no_causal") for seed in range(3)} <= set(ablations)

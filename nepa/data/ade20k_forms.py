@@ -35,8 +35,9 @@ from nepa.data.sources import (
     stamp,
 )
 from nepa.errors import UserError
+from nepa.layout import SPLITS as DATASET_SPLITS
 
-SPLITS = ("training", "validation")
+SPLITS = DATASET_SPLITS["ade20k"]
 ZIP = "ADEChallengeData2016.zip"
 HF_SPLITS = {"train": "training", "validation": "validation"}
 NUM_CLASSES = 150

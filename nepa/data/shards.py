@@ -68,7 +68,6 @@ FORMAT = 1
 REENCODE_QUALITY = 90
 MANIFEST = "manifest.json"
 STAGING = ".staging"  # new shards wait here until the whole set is written
-SPLITS = {"imagenet": ("train", "val"), "ade20k": ("training", "validation")}
 
 
 # ---- writing one shard (in a worker process) ------------------------------------------------------

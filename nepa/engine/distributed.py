@@ -14,8 +14,10 @@ blocking call). The process group (gloo on CPU, NCCL on GPU) is then built on th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import socket
 import sys
@@ -266,7 +268,9 @@ def init(env: DistEnv, rendezvous_timeout_s: float = RENDEZVOUS_TIMEOUT_S) -> to
             dist.init_process_group(
                 backend, store=store, rank=env.rank, world_size=env.world, timeout=default_pg_timeout, **device
             )
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        # DeepSpeed prints "DeepSpeed ... shm_comm_op built successfully" on stdout at every start: not the run's
+        with contextlib.redirect_stdout(io.StringIO()):
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return torch.device("cuda", env.local_rank) if cuda else torch.device("cpu")
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 from safetensors.torch import load_file
 from torch import Tensor
 
+from nepa import layout
 from nepa.config import Params
 from nepa.engine.checkpoint import EMA_FILE, TrainState, latest_checkpoint, online_weights, read_state
-from nepa.engine.pretrain import stage_folder
 from nepa.errors import UserError, require_file
 from nepa.eval.finetune import CLASSES_FILE
 from nepa.models import NepaConfig
@@ -35,8 +35,20 @@ STAGES = ("pretrain", "finetune")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", choices=STAGES, default="pretrain", help="whose model (default: %(default)s)")
-    parser.add_argument("--weights", choices=["ema", "online"], default="ema", help="default: %(default)s")
-    parser.add_argument("--format", choices=["nepa", "official"], default="nepa", help="default: %(default)s")
+    parser.add_argument(
+        "--weights",
+        choices=["ema", "online"],
+        default="ema",
+        help="the latest checkpoint's EMA weights (what downstream stages use) or its online weights "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=["nepa", "official"],
+        default="nepa",
+        help="nepa: model.safetensors + config.json + README.md, loaded by timm.create_model(name, "
+        "pretrained=FILE); official: the released SixAILab/nepa-* layout (default: %(default)s)",
+    )
     parser.add_argument(
         "--from", dest="source", type=Path, metavar="DIR", help="the stage's run folder (default: {runs}/{run}/STAGE)"
     )
@@ -62,9 +74,8 @@ def class_names(folder: Path, state: TrainState) -> list[str]:
 
 
 def main(args: argparse.Namespace, params: Params) -> int:
-    run = Path(params.runs) / params.run_name
-    folder = args.source or (stage_folder(params) if args.stage == "pretrain" else run / args.stage)
-    latest = latest_checkpoint(folder / "checkpoints")
+    folder = args.source or Path(layout.stage_dir(params.runs, params.run_name, args.stage))
+    latest = latest_checkpoint(folder / layout.CHECKPOINTS)
     if latest is None:
         raise UserError(f"{folder / 'checkpoints'}: no checkpoint; run `nepa {args.stage}` with the same params first")
     state = read_state(latest)
@@ -73,7 +84,8 @@ def main(args: argparse.Namespace, params: Params) -> int:
     cfg = NepaConfig(**json.loads(state.card["nepa_config"]))
     weights = weights_of(latest, args.weights)
     labels = class_names(folder, state) if args.stage == "finetune" else None
-    export = run / "export" if args.stage == "pretrain" else folder / "export"
+    pretrained = Path(layout.stage_dir(params.runs, params.run_name, layout.EXPORT))
+    export = pretrained if args.stage == "pretrain" else folder / layout.EXPORT
     out = args.out or (export / "official" if args.format == "official" else export)
     if args.format == "official":
         write_official(weights, cfg, out, label_names=labels)

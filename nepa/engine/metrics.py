@@ -1,8 +1,10 @@
 """Training metrics: a device-side loss sum read once per logged row, metrics.csv, and TensorBoard.
 
-metrics.csv has one row every `log_every` optimizer steps (and at checkpoints): the pretraining loss curve
-of the paper's Fig. 7, which `dvc plots` and the report draw. A resumed run first drops the rows the killed
-run wrote after its checkpoint, so the file continues without duplicates.
+metrics.csv has one row every `log_every` optimizer steps (and at checkpoints and evaluations): the
+pretraining loss curve of the paper's Fig. 7, fine-tuning's top-1 at each epoch's end, segmentation's final
+mIoU, which `dvc plots` and the report draw (the probe writes one row per epoch through the same class). A
+resumed run first drops the rows the killed run wrote after its checkpoint, so the file continues without
+duplicates.
 
 The same rows go to TensorBoard event files in tensorboard/ beside it, flushed at every row, so that
 `tensorboard --logdir runs` shows every stage of every run live (each number under its column's name).
@@ -69,7 +71,8 @@ class MetricsLog:
     def append(self, row: dict[str, float | int]) -> None:
         try:
             with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+                # "\n" as pandas writes the header and a resume's kept rows (csv's default is "\r\n")
+                csv.DictWriter(f, fieldnames=self.fields, lineterminator="\n").writerow(row)
         except OSError as e:
             raise named(e, self.path) from None
         for name, value in row.items():

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from torch import Tensor
 
-from nepa import models
+from nepa import layout, models
 from nepa.batch import section_for
 from nepa.config import Params
 from nepa.data.loaders import make_loader, num_batches
@@ -34,11 +34,11 @@ from nepa.provenance import params_hash, sha256_file, write_metrics
 
 
 def stage_folder(params: Params) -> Path:
-    return Path(params.runs) / params.run_name / "pretrain"
+    return Path(layout.stage_dir(params.runs, params.run_name, "pretrain"))
 
 
 def train_split(params: Params) -> Path:
-    split = Path(params.data.root) / "shards" / "imagenet" / "train"
+    split = Path(layout.split_dir(params.data.root, "imagenet", layout.SPLITS["imagenet"][0]))
     require_file(
         split.parent / "manifest.json",
         "prepared ImageNet shards",

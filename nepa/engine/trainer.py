@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from nepa.batch import split_batch
 from nepa.config import FinetuneParams, PretrainParams, SegmentParams
+from nepa.dvc_lock import recorded
 from nepa.engine import rng
 from nepa.engine.checkpoint import ELASTIC_STAGES, Checkpoints, TrainState, read_state
 from nepa.engine.distributed import DistEnv, several_processes
@@ -114,6 +116,7 @@ class Task:
     # the EMA (or None); returns numbers for that step's metrics row, under the names in `eval_fields`.
     evaluate: Callable[[Ema | None], dict[str, float]] | None = None
     eval_fields: tuple[str, ...] = ()
+    eval_each_epoch: bool = True  # False: at the last step only (an evaluation that costs minutes)
 
 
 class LossModule(nn.Module):
@@ -233,6 +236,8 @@ class Trainer:
             ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env, self.faults)
+        if env.is_main:
+            self._start_over_where_dvc_holds_other_params()
         self.checkpoints.tidy()
         self.resume = self.checkpoints.latest()
         written = read_state(self.resume) if self.resume else None
@@ -252,6 +257,16 @@ class Trainer:
         )
         self.ema = Ema(task.model, cfg.ema_decay) if cfg.ema_decay else None  # after ZeRO-3 partitioned it
         self.metrics: MetricsLog | None = None  # rank 0's, from the start of fit()
+
+    def _start_over_where_dvc_holds_other_params(self) -> None:
+        """`dvc exp run -S finetune.base_lr=…` re-runs a stage whose checkpoints (kept: a re-run resumes them)
+        are of the old params: they go where dvc.lock records them as they are (DVC's cache holds them); other
+        checkpoints of other params the engine refuses in one line (_start)."""
+        folder, latest = self.checkpoints.folder, self.checkpoints.latest()
+        if latest is None or read_state(latest).resume_key == self.cfg.resume_key or not recorded(folder):
+            return
+        self._say(f"{folder}: checkpoints of other params, which DVC holds (dvc.lock); starting over")
+        shutil.rmtree(folder)
 
     def _say(self, message: str) -> None:
         if self.env.is_main:  # on a line of its own, not after the progress bar
@@ -373,7 +388,8 @@ class Trainer:
 
                 signum = preemption.agreed()
                 checkpoint_due = state.step % cfg.checkpoint_every == 0 or state.step == counts.stop_step or signum
-                eval_due = self.task.evaluate is not None and (state.batch == 0 or state.step == counts.stop_step)
+                epoch_end = state.batch == 0 and self.task.eval_each_epoch
+                eval_due = self.task.evaluate is not None and (epoch_end or state.step == counts.stop_step)
                 if state.step % cfg.log_every == 0 or checkpoint_due or eval_due:
                     if bad_step := guard.first_bad():
                         return self._stop_nonfinite(bad_step)

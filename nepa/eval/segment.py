@@ -8,8 +8,9 @@
     single-scale val mIoU / pixel accuracy: `eval_mode` slide (mmseg's protocol: short side rescaled to the
     crop, crop-sized windows at `eval_stride`, logits averaged, back to the image size) or whole (the image as is)
 
-Writes {runs}/{size}-{variant}/segment[-random]/: checkpoints/, metrics.csv (loss curve), metrics.json
-(val mIoU, pixel and mean class accuracy, and the same scores of the trivial majority-class segmenter).
+Writes {runs}/{size}-{variant}/segment[-random]/: checkpoints/, metrics.csv (loss curve; the val scores in the
+last row), metrics.json (val mIoU, pixel and mean class accuracy, and the same scores of the trivial
+majority-class segmenter).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def evaluate(
 ) -> Tensor:
     """The val confusion matrix of every rank's batches, summed over ranks (a collective call). `progress`: a
     progress bar (sliding windows at 512 px take minutes even on GPUs)."""
+    training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     bar = tqdm(batches, desc=f"nepa segment: evaluation ({s.eval_mode})", disable=not progress, dynamic_ncols=True)
@@ -107,6 +109,7 @@ def evaluate(
         confusion += confusion_matrix(pred, to_targets(masks), num_classes)
     if several_processes():
         dist.all_reduce(confusion)
+    model.train(training)
     return confusion.cpu()
 
 
@@ -151,6 +154,20 @@ def main(args: argparse.Namespace, params: Params) -> int:
         verify=params.data.verify_shards,
     )
     train_batches = functools.partial(loader, "segment_train", train, batch_size=s.micro_batch, crop=s.crop)
+    eval_batch = s.micro_batch if s.eval_mode == "whole" else 1  # slide: val images differ in size
+    val_batches = functools.partial(
+        loader, "segment_eval", val, batch_size=eval_batch, epoch=0, drop_last=False,
+        patch_size=model.backbone.cfg.patch_size,
+    )  # fmt: skip
+    confusion: list[Tensor] = []
+
+    def evaluate_model(ema: object) -> dict[str, float]:
+        """The val scores at the last step, into its metrics.csv row (the confusion matrix kept); the loader's
+        seed draws leave the generators that the last checkpoint saves as they were."""
+        with torch.random.fork_rng(devices=[]):
+            confusion[:] = [evaluate(model, val_batches(), s, num_classes, device, progress=env.is_main)]
+        return {f"val_{k}": v for k, v in scores(confusion[0]).items()}
+
     decay = layer_decay.groups(model, s.weight_decay, s.layer_decay, ramp=False)
     task = Task(
         model=model,
@@ -159,23 +176,18 @@ def main(args: argparse.Namespace, params: Params) -> int:
         batches_per_epoch=num_batches(train, batch_size=s.micro_batch, world=env.world),
         param_groups=decay.param_groups,
         lr_scale=decay.lr_scale,
+        evaluate=evaluate_model,
+        eval_fields=("val_miou", "val_pixel_acc", "val_mean_acc"),  # miou.scores
+        eval_each_epoch=False,
     )
     cfg = stage.train_config(s, params, VERB, weights, train, folder, model.backbone.cfg)
     status = Trainer(cfg, task, env, device).fit()
     if status == 0:
-        eval_batch = s.micro_batch if s.eval_mode == "whole" else 1  # slide: val images differ in size
-        val_batches = loader(
-            "segment_eval",
-            val,
-            batch_size=eval_batch,
-            epoch=0,
-            drop_last=False,
-            patch_size=model.backbone.cfg.patch_size,
-        )
-        confusion = evaluate(model, val_batches, s, num_classes, device, progress=env.is_main)
+        if not confusion:  # a finished run that was only resumed evaluates here
+            evaluate_model(None)
         if env.is_main:
-            metrics = {f"val_{k}": v for k, v in scores(confusion).items()}
-            metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion).items()}
+            metrics = {f"val_{k}": v for k, v in scores(confusion[0]).items()}
+            metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion[0]).items()}
             wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
             write_metrics(
                 folder,

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from nepa import layout
 from nepa.config import FinetuneParams, Params, SegmentParams
 from nepa.engine.checkpoint import resume_key
 from nepa.engine.trainer import TrainConfig
@@ -44,18 +45,11 @@ class Inputs(NamedTuple):
     folder: Path  # where the verb writes
 
 
-SPLITS = {"imagenet": ("train", "val"), "ade20k": ("training", "validation")}
-
-
 def inputs(args: argparse.Namespace, params: Params, verb: str, dataset: str) -> Inputs:
     """A downstream verb's backbone (--init), its prepared splits of `dataset`, and its output folder (--out)."""
     weights = init_weights(params, args.init)
-    train, val = (split_dir(params, dataset, split) for split in SPLITS[dataset])
+    train, val = (split_dir(params, dataset, split) for split in layout.SPLITS[dataset])
     return Inputs(weights, train, val, output_folder(params, verb, args.init, args.out))
-
-
-def run_folder(params: Params) -> Path:
-    return Path(params.runs) / params.run_name
 
 
 def init_weights(params: Params, init: str | None) -> Path | None:
@@ -63,14 +57,16 @@ def init_weights(params: Params, init: str | None) -> Path | None:
     if init == RANDOM:
         return None
     # a fine-tune-only variant starts from its baseline's export (params.pretrained_run)
-    path = Path(init) if init else Path(params.runs) / params.pretrained_run / "export" / "model.safetensors"
+    export = layout.stage_dir(params.runs, params.pretrained_run, layout.EXPORT)
+    path = Path(init) if init else Path(export) / layout.MODEL_FILE
     fix = "run `nepa pretrain` then `nepa export` for this size and variant, or pass --init PATH (or --init random)"
     return require_file(path, "pretrained model file", fix)
 
 
 def output_folder(params: Params, verb: str, init: str | None, out: str | None) -> Path:
     """Where the verb writes; a from-scratch run gets its own folder, so it never meets a pretrained one's."""
-    return Path(out) if out else run_folder(params) / (f"{verb}-{RANDOM}" if init == RANDOM else verb)
+    folder = layout.stage_dir(params.runs, params.run_name, f"{verb}-{RANDOM}" if init == RANDOM else verb)
+    return Path(out) if out else Path(folder)
 
 
 def build(params: Params, weights: Path | None, **overrides: Any) -> NepaViT:
@@ -81,7 +77,7 @@ def build(params: Params, weights: Path | None, **overrides: Any) -> NepaViT:
 
 def split_dir(params: Params, dataset: str, split: str) -> Path:
     """A prepared split folder, {data.root}/shards/{dataset}/{split}, checked to have its manifest."""
-    folder = Path(params.data.root) / "shards" / dataset / split
+    folder = Path(layout.split_dir(params.data.root, dataset, split))
     fix = f"run `nepa prepare embedded && {PREPARE[dataset]}` (embedded scale) or `{PREPARE[dataset]}`"
     require_file(folder.parent / "manifest.json", f"prepared {dataset} shards", fix)
     return folder

@@ -10,13 +10,13 @@ metrics.json is provenance.write_metrics' format.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
 
 from nepa.errors import UserError
+from nepa.layout import RUN_NAME
 
 PROVENANCE = ("scale", "recipe", "params_sha256", "checkpoint_sha256", "git_commit", "hardware", "hours", "torch")
 RANDOM, PRETRAINED = "random", "pretrained"  # what a downstream stage started from; pretraining: ""
@@ -33,12 +33,9 @@ class RunKey(NamedTuple):
     stage: str
 
 
-RUN_FOLDER = re.compile(r"(?P<size>[^-]+)-(?P<variant>.+?)(?:-s(?P<seed>\d+))?")  # {size}-{variant}[-s{seed}]
-
-
 def _folder_key(stage_folder: Path) -> RunKey:
     """The identity a stage folder's names give: {size}-{variant}[-s{seed}]/{stage}[-random]."""
-    run = RUN_FOLDER.fullmatch(stage_folder.parent.name)
+    run = RUN_NAME.fullmatch(stage_folder.parent.name)
     size, variant, seed = run.group("size", "variant", "seed") if run else (stage_folder.parent.name, "", None)
     stage, _, suffix = stage_folder.name.partition("-")
     init = RANDOM if suffix == RANDOM else PRETRAINED if stage != "pretrain" else ""

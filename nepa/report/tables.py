@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from nepa.layout import run_name
 from nepa.presets import ABLATION_STEPS
 from nepa.report.gather import PRETRAINED, PROVENANCE, RANDOM, RunKey
 from nepa.report.paper import BASELINES, BY_KEY, MODEL_NAMES, ROWS, PaperRow
@@ -291,7 +292,7 @@ def compare(row: PaperRow, ev: Evidence) -> tuple[dict[str, str], str]:
     if size is None:
         return {**cells, "Ours": NOT_RUN}, "notrun"
     mine, variant = ours(row, size, ev), variant_at(row.variant, size, row)
-    cells |= {"Direction": direction(row, size, ev), "Runs": f"{size}-{variant}",
+    cells |= {"Direction": direction(row, size, ev), "Runs": run_name(size, variant),
               "Scale": ev.scale(size, variant) or ""}  # fmt: skip
     if mine is None:
         stopped = ev.stopped(size, variant, row.stage)
@@ -367,7 +368,7 @@ def scratch_table(ev: Evidence) -> pd.DataFrame:
                                                                 pretrained.seeds)  # fmt: skip
             observed = None if pretrained is None else gap(pretrained, scratch)
             rows.append([
-                f"{size}-{variant}", stage, metric, pretrained.text() if pretrained else NOT_RUN, scratch.text(),
+                run_name(size, variant), stage, metric, pretrained.text() if pretrained else NOT_RUN, scratch.text(),
                 "—" if observed is None else f"{observed.difference:+.2f}",
                 "—" if observed is None else verdict(observed, ">"),
                 " · ".join(_hours(ev.provenance(size, variant, stage, i)) or "—" for i in (PRETRAINED, RANDOM)),

@@ -1,26 +1,51 @@
-# Dataset preparation: the embedded default's raw layouts, then versionable shards.
+# Dataset preparation: the embedded default's raw layouts (Fashion-MNIST in ImageNet's and ADE20K's folder
+# layouts), then versionable shards of ImageNet and ADE20K (at scale full from data.imagenet_src, ade20k_src).
+
 
 rule prepare_embedded:
-    output: *stage_outputs("prepare_embedded")
-    log: stage_log("prepare_embedded")
-    params: settings=stage_params("prepare_embedded")
+    output:
+        directory(f"{DATA}/raw"),
+    log:
+        "logs/prepare_embedded.log",
+    params:
+        sets=overrides("prepare_embedded"),
+        settings=settings("prepare_embedded"),
     threads: stage_threads()
-    shell: stage_shell("prepare_embedded")
+    resources:
+        **stage_resources("prepare"),
+    shell:
+        "nepa prepare embedded{params.sets}{resources.launcher} > {log} 2>&1"
 
 
 rule prepare_imagenet:
-    input: stage_inputs("prepare_imagenet")
-    output: *stage_outputs("prepare_imagenet")
-    log: stage_log("prepare_imagenet")
-    params: settings=stage_params("prepare_imagenet")
+    input:
+        IMAGENET_SRC,
+    output:
+        update(directory(f"{DATA}/shards/imagenet")),  # an interrupted prepare writes only the missing shards
+    log:
+        "logs/prepare_imagenet.log",
+    params:
+        sets=overrides("prepare_imagenet"),
+        settings=settings("prepare_imagenet"),
     threads: stage_threads()
-    shell: stage_shell("prepare_imagenet")
+    resources:
+        **stage_resources("prepare"),
+    shell:
+        "nepa prepare imagenet{params.sets}{resources.launcher} > {log} 2>&1"
 
 
 rule prepare_ade20k:
-    input: stage_inputs("prepare_ade20k")
-    output: *stage_outputs("prepare_ade20k")
-    log: stage_log("prepare_ade20k")
-    params: settings=stage_params("prepare_ade20k")
+    input:
+        ADE20K_SRC,
+    output:
+        update(directory(f"{DATA}/shards/ade20k")),
+    log:
+        "logs/prepare_ade20k.log",
+    params:
+        sets=overrides("prepare_ade20k"),
+        settings=settings("prepare_ade20k"),
     threads: stage_threads()
-    shell: stage_shell("prepare_ade20k")
+    resources:
+        **stage_resources("prepare"),
+    shell:
+        "nepa prepare ade20k{params.sets}{resources.launcher} > {log} 2>&1"

@@ -83,7 +83,7 @@ def test_params_refuse_only_what_fails_on_any_process_count(tmp_path: Path, caps
     capsys.readouterr()
     assert nepa_main(["params", "--params", str(path), "--set", "pretrain.micro_batch=48"]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"nepa params: error: {path}: pretrain.micro_batch 48 (pinned in params) x 1 process does not divide "
+        "nepa params: error: --set: pretrain.micro_batch 48 (pinned in params) x 1 process does not divide "
         "pretrain.global_batch 64; set pretrain.micro_batch to 32, change the global batch, or remove "
         "pretrain.micro_batch to let nepa choose"
     )

@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nepa.config import SIZES, ModelParams, Params
-from nepa.engine.schedule import step_counts
 from nepa.measurements import read
 from nepa.presets import IMAGENET_TRAIN, steps_per_epoch
+
+if TYPE_CHECKING:
+    from nepa.engine.schedule import StepCounts
 
 IMAGENET_VAL = 50_000
 ADE20K_VAL = 2_000
@@ -310,11 +312,18 @@ def exchange_hours(arch: dict[str, Any], steps: int, gpus: int, nodes: int) -> f
     return steps * volume / INTER_NODE_BYTES_S.value / HOUR
 
 
+def pretrain_steps(p: Params) -> StepCounts:
+    """The full-scale pretraining's step counts: the engine's own schedule over ImageNet-1K train's steps per epoch."""
+    from nepa.engine.schedule import step_counts  # the engine imports torch; the Snakefile reads plans through here
+
+    s = p.pretrain
+    return step_counts(s.epochs, s.warmup_epochs, s.max_steps, steps_per_epoch(s.global_batch), 1)
+
+
 def stage_cost(stage: str, p: Params, speed: Speed, gpus: int, nodes: int) -> Cost:
     """The FLOPs and time of one full-scale GPU job of `stage` under params `p`."""
     if stage == "pretrain":
-        s = p.pretrain  # ImageNet's steps per epoch at full scale, through the engine's own schedule
-        steps = step_counts(s.epochs, s.warmup_epochs, s.max_steps, steps_per_epoch(s.global_batch), 1).stop_step
+        s, steps = p.pretrain, pretrain_steps(p).stop_step
         arch = nepa_arch(p)
         images = steps * s.global_batch
         work = f"{steps:,} steps x batch {s.global_batch} = {images:.3g} images"

@@ -29,8 +29,7 @@ from typing import Any
 
 from nepa.batch import TRAINED, BatchError, stage_batch
 from nepa.config import Params, SlurmParams, add_params_arguments, load_params
-from nepa.cost import Cost, gpu_measurements, stage_cost, stage_speed, time_problem
-from nepa.engine.schedule import step_counts
+from nepa.cost import Cost, gpu_measurements, pretrain_steps, stage_cost, stage_speed, time_problem
 from nepa.errors import UserError
 from nepa.layout import DOWNSTREAM, run_name
 from nepa.presets import ABLATION_BATCH, ABLATION_STEPS, PRETRAIN_COMMON, PRETRAIN_EPOCHS, SHAPE, steps_per_epoch
@@ -197,8 +196,7 @@ class Schedule:
 
 def pretrain_schedule(p: Params) -> Schedule:
     """The pretraining schedule at full scale: the engine's own, over ImageNet-1K train's steps per epoch."""
-    s = p.pretrain
-    steps = step_counts(s.epochs, s.warmup_epochs, s.max_steps, steps_per_epoch(s.global_batch), 1)
+    s, steps = p.pretrain, pretrain_steps(p)
     total, stop, warmup = steps.total_steps, steps.stop_step, steps.warmup_steps
     text = f"{s.epochs:g} ep = {total:,} steps, warm-up {warmup:,}" + (f", STOPS at {stop:,}" if stop < total else "")
     return Schedule(total, stop, warmup, s.global_batch, text)

@@ -74,19 +74,23 @@ def test_the_stages_rules_come_from_params(tmp_path: Path) -> None:
     assert pinned.pinned_micro_batches == {"pretrain"} and stage_batch(pinned, "pretrain", 2).micro_batch == 16
 
 
-def test_params_refuse_only_what_fails_on_any_process_count(tmp_path: Path, capsys) -> None:
+PINNED_48 = (
+    "nepa params: error: --set: pretrain.micro_batch 48 (pinned in params) x 1 process does not divide "
+    "pretrain.global_batch 64; set pretrain.micro_batch to 32, change the global batch, or remove "
+    "pretrain.micro_batch to let nepa choose"
+)
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"), [("finetune.global_batch=64", ""), ("pretrain.micro_batch=48", PINNED_48)]
+)
+def test_params_refuse_only_what_fails_on_any_process_count(tmp_path: Path, capsys, setting: str, error: str) -> None:
     """Issue 30: with launcher.processes=2 under submitit, finetune and segment no longer refuse their batches
-    when only pretraining was to run on two tasks."""
+    when only pretraining was to run on two tasks; a pinned micro-batch that fails on any count still stops."""
     path = tmp_path / "params.yaml"
     path.write_text("launcher: {kind: submitit, processes: 2}\n")
-    assert nepa_main(["params", "--params", str(path), "--set", "finetune.global_batch=64"]) == 0
-    capsys.readouterr()
-    assert nepa_main(["params", "--params", str(path), "--set", "pretrain.micro_batch=48"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "nepa params: error: --set: pretrain.micro_batch 48 (pinned in params) x 1 process does not divide "
-        "pretrain.global_batch 64; set pretrain.micro_batch to 32, change the global batch, or remove "
-        "pretrain.micro_batch to let nepa choose"
-    )
+    assert nepa_main(["params", "--params", str(path), "--set", setting]) == (2 if error else 0)
+    assert capsys.readouterr().err.strip() == error
 
 
 def shape(tmp_path: Path, nodes: int, gpus: int, stages: tuple[str, ...], *extra: str):

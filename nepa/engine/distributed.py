@@ -67,12 +67,6 @@ def from_environ(environ: Mapping[str, str] = os.environ) -> DistEnv:
     return DistEnv()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def extensions_root() -> Path:
     """Where torch JIT-builds DeepSpeed's ops: TORCH_EXTENSIONS_DIR when set, else a folder of this Python
     environment under torch's default root.
@@ -243,15 +237,8 @@ def init(env: DistEnv, rendezvous_timeout_s: float = RENDEZVOUS_TIMEOUT_S) -> to
             f"rank {env.rank} of {env.world}: MASTER_ADDR is not set and this is no SLURM job step "
             "(no SLURM_JOB_NODELIST); export MASTER_ADDR (rank 0's host), or launch with srun, deepspeed or torchrun"
         )
-    # A lone process picks a free port so that concurrent single-process runs on one host do not collide.
-    port = at.port if env.world > 1 else int(os.environ.get("MASTER_PORT") or _free_port())
-    os.environ.update(
-        RANK=str(env.rank),
-        WORLD_SIZE=str(env.world),
-        LOCAL_RANK=str(env.local_rank),
-        MASTER_ADDR=at.host if env.world > 1 else os.environ.get("MASTER_ADDR", "127.0.0.1"),
-        MASTER_PORT=str(port),
-    )
+    host = at.host if env.world > 1 else os.environ.get("MASTER_ADDR", "127.0.0.1")
+    os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world), LOCAL_RANK=str(env.local_rank), MASTER_ADDR=host)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env.local_rank)
@@ -264,10 +251,13 @@ def init(env: DistEnv, rendezvous_timeout_s: float = RENDEZVOUS_TIMEOUT_S) -> to
         backend = "nccl" if cuda else "gloo"
         if env.world > 1:
             store = rendezvous(env, at, rendezvous_timeout_s)
-            device = {"device_id": torch.device("cuda", env.local_rank)} if cuda else {}  # as DeepSpeed does
-            dist.init_process_group(
-                backend, store=store, rank=env.rank, world_size=env.world, timeout=default_pg_timeout, **device
-            )
+        else:  # port 0: the kernel's free port, bound at once (concurrent lone runs on one host never collide)
+            store = dist.TCPStore(host, int(os.environ.get("MASTER_PORT") or 0), 1, True, timeout=default_pg_timeout)
+        os.environ["MASTER_PORT"] = str(store.port)
+        device = {"device_id": torch.device("cuda", env.local_rank)} if cuda else {}  # as DeepSpeed does
+        dist.init_process_group(
+            backend, store=store, rank=env.rank, world_size=env.world, timeout=default_pg_timeout, **device
+        )
         # DeepSpeed prints "DeepSpeed ... shm_comm_op built successfully" on stdout at every start: not the run's
         with contextlib.redirect_stdout(io.StringIO()):
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)

@@ -49,7 +49,7 @@ def shards_dir(data: str, dataset: str) -> str:
 
 
 def split_dir(data: str, dataset: str, split: str) -> str:
-    return f"{data}/shards/{dataset}/{split}"
+    return f"{shards_dir(data, dataset)}/{split}"
 
 
 def report_dir(results: str) -> str:

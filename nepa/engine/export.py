@@ -75,9 +75,10 @@ def class_names(folder: Path, state: TrainState) -> list[str]:
 
 def main(args: argparse.Namespace, params: Params) -> int:
     folder = args.source or Path(layout.stage_dir(params.runs, params.run_name, args.stage))
-    latest = latest_checkpoint(folder / layout.CHECKPOINTS)
+    checkpoints = folder / layout.CHECKPOINTS
+    latest = latest_checkpoint(checkpoints)
     if latest is None:
-        raise UserError(f"{folder / 'checkpoints'}: no checkpoint; run `nepa {args.stage}` with the same params first")
+        raise UserError(f"{checkpoints}: no checkpoint; run `nepa {args.stage}` with the same params first")
     state = read_state(latest)
     if "nepa_config" not in state.card:
         raise UserError(f"{latest}: its card records no architecture (written by an older nepa); run the stage again")

@@ -107,13 +107,13 @@ def main(args: argparse.Namespace, params: Params) -> int:
     )
     status = Trainer(cfg, task, env, device).fit()
     if status == 0 and env.is_main:
-        last = pd.read_csv(folder / "metrics.csv").iloc[-1]
+        last = pd.read_csv(folder / layout.CURVE).iloc[-1]
         write_metrics(
             folder,
             "pretrain",
             {"final_loss": float(last["loss"]), "steps": int(last["step"])},
             params,
-            checkpoint=latest_checkpoint(folder / "checkpoints") / EMA_FILE,
+            checkpoint=latest_checkpoint(folder / layout.CHECKPOINTS) / EMA_FILE,
             seconds=float(last["wall_s"]),
         )
     distributed.shutdown()

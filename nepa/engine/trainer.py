@@ -41,6 +41,7 @@ from nepa.engine.optim import param_groups
 from nepa.engine.schedule import step_counts, warmup_cosine
 from nepa.engine.signals import EXIT_REQUEUE, Preemption, shielded_batches
 from nepa.errors import UserError
+from nepa.layout import CHECKPOINTS, CURVE
 
 EXIT_NONFINITE = 3
 
@@ -235,7 +236,7 @@ class Trainer:
                 for group in groups
             ]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        self.checkpoints = Checkpoints(cfg.folder / "checkpoints", cfg.keep_last, env, self.faults)
+        self.checkpoints = Checkpoints(cfg.folder / CHECKPOINTS, cfg.keep_last, env, self.faults)
         if env.is_main:
             self._start_over_where_dvc_holds_other_params()
         self.checkpoints.tidy()
@@ -347,7 +348,7 @@ class Trainer:
         cfg, counts, engine = self.cfg, self.counts, self.engine
         state = self._start()
         if self.env.is_main:
-            self.metrics = MetricsLog(cfg.folder / "metrics.csv", state.step or None, FIELDS + self.task.eval_fields)
+            self.metrics = MetricsLog(cfg.folder / CURVE, state.step or None, FIELDS + self.task.eval_fields)
         metrics = self.metrics
         meter, guard = LossMeter(self.device), NonFiniteGuard(self.device)
         bar = tqdm(

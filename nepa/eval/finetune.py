@@ -39,6 +39,7 @@ from nepa.engine.trainer import Task, Trainer
 from nepa.eval import layer_decay, stage
 from nepa.eval.classify import accuracy
 from nepa.files import atomic_write_text
+from nepa.layout import CURVE
 from nepa.models import NepaViT
 from nepa.provenance import write_metrics
 
@@ -183,7 +184,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
     if status == 0:
         scores = evaluator.last or evaluator(trainer.ema)  # a finished run that was only resumed evaluates here
         if env.is_main:
-            wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
+            wall_s = float(pd.read_csv(folder / CURVE)["wall_s"].max())
             write_metrics(
                 folder,
                 VERB,

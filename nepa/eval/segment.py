@@ -37,6 +37,7 @@ from nepa.errors import UserError
 from nepa.eval import layer_decay, stage
 from nepa.eval.miou import IGNORE, confusion_matrix, majority_baseline, scores
 from nepa.eval.upernet import UperNet
+from nepa.layout import CURVE
 from nepa.provenance import write_metrics
 
 VERB = "segment"
@@ -188,7 +189,7 @@ def main(args: argparse.Namespace, params: Params) -> int:
         if env.is_main:
             metrics = {f"val_{k}": v for k, v in scores(confusion[0]).items()}
             metrics |= {f"val_{k}_majority_class": v for k, v in majority_baseline(confusion[0]).items()}
-            wall_s = float(pd.read_csv(folder / "metrics.csv")["wall_s"].max())
+            wall_s = float(pd.read_csv(folder / CURVE)["wall_s"].max())
             write_metrics(
                 folder,
                 VERB,
